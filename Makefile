@@ -1,0 +1,50 @@
+# repalign — two commands do all set-up on a fresh machine:
+#   make demo   train CL, NSCL, SCL and CE in lockstep on Fashion-MNIST, print a summary
+#   make test   run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.repalign-installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_ARGS ?=
+
+.PHONY: demo test data install bench clean help
+
+help:
+	@echo "make demo   - coupled CL/NSCL/SCL/CE run on Fashion-MNIST (about 4 min on 2 CPU cores)"
+	@echo "make test   - test suite"
+	@echo "make bench  - benchmarks (writes benchmarks/results/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 setuptools wheel
+	$(BIN)/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Offline Fashion-MNIST: Debian's dataset-fashion-mnist puts the IDX files in $(FMNIST_DIR).
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$REPALIGN_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	else \
+	  echo "Fashion-MNIST not found in $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'" \
+	       "or set REPALIGN_DATA to a folder holding fashion-mnist/*.gz"; exit 1; \
+	fi
+
+demo: $(STAMP) data
+	$(BIN)/repalign train configs/demo.yaml --overwrite $(DEMO_ARGS)
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/bench_loss.py
+	$(BIN)/python benchmarks/bench_coupled.py
+	$(BIN)/python benchmarks/bench_metrics.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from repalign.cli import main
+
+raise SystemExit(main())

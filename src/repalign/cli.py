@@ -1,0 +1,131 @@
+"""Command line: ``repalign train CONFIG [key=value ...]``, ``repalign align RUN_DIR``, ...
+
+Config errors print one line ``repalign: error: config key 'x': ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from repalign.config import ConfigError, load_config
+
+
+def _resolve_config_path(path: str) -> str:
+    """Accept a path, or the name of a bundled config (``demo`` → configs/demo.yaml)."""
+    p = Path(path)
+    if p.exists():
+        return str(p)
+    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
+        for cand in (base / path, base / f"{path}.yaml"):
+            if cand.exists():
+                return str(cand)
+    return path
+
+
+def summary_table(run_dir: str | Path) -> str:
+    """A plain-text table: per arm the last loss, kNN accuracy and alignment with the first arm."""
+    from repalign.training.rundir import read_metrics
+
+    rows = list(read_metrics(Path(run_dir) / "metrics.jsonl"))
+    last_train: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["kind"] == "train":
+            last_train[r["arm"]] = r
+    knn: dict[str, float] = {}
+    align: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["kind"] == "eval" and r.get("split") == "test" and "knn_acc" in r:
+            knn[r["arm"]] = r["knn_acc"]
+        if r["kind"] == "align" and r.get("split") == "test" and r.get("layer", "h") == "h":
+            align[r["arm_b"]] = r
+    gaps = [r for r in rows if r["kind"] == "lossgap"]
+    head = f"{'arm':<10} {'objective':<9} {'loss':>8} {'kNN acc':>8} {'CKA':>7} {'RSA':>7} {'w-gap':>7}"
+    lines = [head, "-" * len(head)]
+    for arm, r in last_train.items():
+        a = align.get(arm, {})
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(f"{arm:<10} {r['objective']:<9} {fmt(r['loss']):>8} {fmt(knn.get(arm)):>8} "
+                     f"{fmt(a.get('linear_cka')):>7} {fmt(a.get('rsa')):>7} {fmt(a.get('weight_gap_mean')):>7}")
+    if align:
+        first = next(iter(align.values()))["arm_a"]
+        lines.append(f"(CKA/RSA/weight gap: test split, layer h, against arm {first!r}, last evaluation)")
+    if gaps:
+        g = gaps[-1]
+        lines.append(f"last batch loss gap DCL−NSCL of {g['arm']}: {g['gap']:.4f} ≤ bound {g['bound']:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from repalign.training import default_run_dir, train
+
+    cfg = load_config(_resolve_config_path(args.config), args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not args.resume:
+        if not args.overwrite:
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
+        import shutil
+        shutil.rmtree(run_dir)
+    if args.resume and not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "checkpoints" / "last.prev.pt").exists():
+        raise ConfigError(f"--resume: no checkpoint in {str(run_dir)!r}")
+    if args.resume:
+        saved = load_config(run_dir / "config.yaml", args.overrides)
+        cfg = saved
+    trainer = train(cfg, run_dir, resume=args.resume)
+    if trainer.is_main:
+        print(summary_table(run_dir))
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from repalign.training.evaluate import align_run
+
+    out = align_run(args.run_dir, max_train=args.max_train, max_test=args.max_test, layers=args.layers,
+                    rsa_corr=args.rsa_corr)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repalign", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the arms of CONFIG in lockstep")
+    t.add_argument("config", help="YAML config path or bundled name (demo, cifar100_resnet50, ...)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.temperature=0.1")
+    t.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.set_defaults(func=cmd_train)
+    a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints → alignment.csv")
+    a.add_argument("run_dir")
+    a.add_argument("--max-train", type=int, default=None, help="train evaluation samples (default: as trained)")
+    a.add_argument("--max-test", type=int, default=None)
+    a.add_argument("--layers", nargs="+", default=None, choices=["h", "z"])
+    a.add_argument("--rsa-corr", default=None, choices=["pearson", "spearman"])
+    a.set_defaults(func=cmd_align)
+    for extra in ("sweep", "reproduce", "report"):
+        try:
+            mod = __import__(f"repalign.experiments.cli_{extra}", fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"repalign: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("repalign: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

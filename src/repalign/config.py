@@ -1,0 +1,449 @@
+"""Run configuration: YAML + ``key=value`` overrides → a validated, fully resolved nested dict.
+
+The schema below is the single source of truth for keys, types, defaults and allowed values.
+Every error is a one-line :class:`ConfigError` that names the offending key.
+
+A coupled run is a set of **arms** (``arms:``): each arm is an objective plus overrides of
+loss / optimiser / schedule / model / precision settings. All arms share the initial weights
+(where their architectures agree), the mini-batches and the augmented views. Keys that would
+change the data stream for one arm only are refused (they belong to separate runs or a sweep),
+except the two control keys ``init_seed`` and ``data_seed`` that break sharing on purpose.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line and names the key."""
+
+
+OBJECTIVES = ("cl", "dcl", "ntxent", "nscl", "scl", "supcon", "ce")
+_OPT = object()  # marker: value may be None
+
+
+@dataclass(frozen=True)
+class Key:
+    """Schema entry: ``types`` accepted, ``default``, optional ``check(value) -> error or None``."""
+
+    types: tuple
+    default: Any
+    check: Callable[[Any], str | None] | None = None
+    nullable: bool = False
+    doc: str = ""
+
+
+def _choice(*opts: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in opts else f"must be one of {', '.join(map(repr, opts))}, got {v!r}"
+
+
+def _ge(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}"
+
+
+def _gt(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if (v > lo and math.isfinite(v)) else f"must be > {lo} and finite, got {v!r}"
+
+
+def _int_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return f"must be a list of integers, got {v!r}"
+    return None
+
+
+INT, FLOAT, BOOL, STR, LIST, DICT = (int,), (int, float), (bool,), (str,), (list,), (dict,)
+
+SCHEMA: dict[str, Key] = {
+    "seed": Key(INT, 0, _ge(0), doc="run seed; every random choice derives from it"),
+    "name": Key(STR, None, nullable=True, doc="run name (default: config file stem)"),
+    "out_dir": Key(STR, "runs", doc="parent folder of run directories"),
+    # data
+    "data.source": Key(STR, "fashion_mnist", doc="source registered in repalign.data"),
+    "data.root": Key(STR, None, nullable=True),
+    "data.download": Key(BOOL, False, doc="allow torchvision downloads (never in tests/demo)"),
+    "data.num_classes": Key(INT, None, _ge(2), nullable=True, doc="C classes chosen by seed"),
+    "data.classes": Key(LIST, None, _int_list, nullable=True, doc="explicit class list"),
+    "data.max_per_class": Key(INT, None, _ge(1), nullable=True, doc="seeded train subset per class"),
+    "data.test_max_per_class": Key(INT, None, _ge(1), nullable=True),
+    "data.augment": Key(STR, "auto", _choice("auto", "simclr_cifar", "simclr_imagenet", "simclr_gray", "none")),
+    "data.views": Key(INT, 2, _ge(2), doc="K views per sample"),
+    "data.image_size": Key(INT, None, _ge(4), nullable=True),
+    "data.balanced": Key(BOOL, False, doc="class-balanced batches"),
+    "data.num_workers": Key(INT, 0, _ge(0)),
+    "data.options": Key(DICT, {}, doc="extra keyword arguments for the source (e.g. strokes knobs)"),
+    # model
+    "model.encoder": Key(STR, "small_cnn", _choice("small_cnn", "resnet18", "resnet50", "vit")),
+    "model.width": Key(INT, None, _ge(1), nullable=True,
+                       doc="small_cnn base width (default 16) / resnet50 width multiplier (default 1)"),
+    "model.norm": Key(STR, "batch", _choice("batch", "group", "none")),
+    "model.cifar_stem": Key(BOOL, False),
+    "model.vit_preset": Key(STR, None, nullable=True),
+    "model.projector_hidden": Key(INT, 512, _ge(1)),
+    "model.projector_out": Key(INT, 128, _ge(1)),
+    "model.projector_norm": Key(STR, "batch", _choice("batch", "none")),
+    "model.sync_bn": Key(BOOL, False, doc="convert BN to SyncBatchNorm under DDP"),
+    # training
+    "train.epochs": Key(INT, 10, _ge(1)),
+    "train.batch_size": Key(INT, 256, _ge(2), doc="global batch size B"),
+    "train.max_steps": Key(INT, None, _ge(1), nullable=True, doc="stop after this many steps"),
+    "train.precision": Key(STR, "fp32", _choice("fp32", "bf16", "fp16")),
+    "train.grad_clip": Key(FLOAT, None, _gt(0), nullable=True),
+    "train.log_every": Key(INT, 10, _ge(1), doc="steps between metrics.jsonl train rows"),
+    "train.checkpoint_every": Key(INT, 1, _ge(1), doc="epochs between checkpoints"),
+    "train.on_nonfinite": Key(STR, "stop_arm", _choice("stop_arm", "stop_run")),
+    "train.device": Key(STR, "auto", _choice("auto", "cpu", "cuda")),
+    "train.threads": Key(INT, None, _ge(1), nullable=True, doc="torch CPU threads"),
+    # loss
+    "loss.temperature": Key(FLOAT, 0.5, _gt(0)),
+    "loss.include_positive": Key(BOOL, False, doc="NSCL: positive also in the denominator"),
+    # optimiser + schedule
+    "optim.type": Key(STR, "sgd", _choice("sgd", "adamw", "lars")),
+    "optim.lr": Key(FLOAT, 0.3, _gt(0), doc="base lr, scaled by lr_rule"),
+    "optim.lr_rule": Key(STR, "linear", _choice("linear", "sqrt", "fourth_root", "none")),
+    "optim.weight_decay": Key(FLOAT, 1e-6, _ge(0)),
+    "optim.momentum": Key(FLOAT, 0.9, lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v!r}"),
+    "optim.trust_coefficient": Key(FLOAT, 1e-3, _gt(0)),
+    "optim.exclude_bn_bias": Key(BOOL, True, doc="no weight decay / LARS adaptation for BN and biases"),
+    "optim.warmup_epochs": Key(FLOAT, 1, _ge(0)),
+    "optim.final_lr_fraction": Key(FLOAT, 0.0, _ge(0)),
+    # evaluation
+    "eval.every": Key(INT, None, _ge(1), nullable=True, doc="evaluate every N epochs"),
+    "eval.schedule": Key((str, list), None, nullable=True, doc="'paper' or a list of epochs"),
+    "eval.max_train": Key(INT, 2000, _ge(4), doc="fixed seeded train evaluation subset size"),
+    "eval.max_test": Key(INT, 2000, _ge(4)),
+    "eval.layers": Key(LIST, ["h"], lambda v: None if v and set(v) <= {"h", "z"} else f"must be a non-empty subset of ['h', 'z'], got {v!r}"),
+    "eval.batch_size": Key(INT, 512, _ge(1)),
+    "eval.rsa_rdm": Key(STR, "cosine", _choice("cosine", "correlation", "euclidean")),
+    "eval.rsa_corr": Key(STR, "pearson", _choice("pearson", "spearman")),
+    "eval.knn_k": Key(INT, 20, _ge(1)),
+    "eval.knn_temperature": Key(FLOAT, 0.07, _gt(0)),
+    # logging
+    "logging.progress": Key(BOOL, True),
+    "logging.tensorboard": Key(BOOL, False),
+    "logging.wandb": Key(BOOL, False, doc="W&B in offline mode"),
+    "logging.wandb_project": Key(STR, "repalign"),
+    # arms + pairs
+    "arms": Key(DICT, None, nullable=True, doc="arm name → {objective, overrides}"),
+    "pairs": Key(LIST, None, nullable=True, doc="arm pairs compared by alignment metrics"),
+}
+
+DEFAULT_ARMS: dict[str, dict[str, Any]] = {
+    "cl": {"objective": "cl"}, "nscl": {"objective": "nscl"},
+    "scl": {"objective": "scl"}, "ce": {"objective": "ce"},
+}
+
+#: Per-arm keys: short alias → dotted schema key.
+ARM_KEYS: dict[str, str] = {
+    "temperature": "loss.temperature", "include_positive": "loss.include_positive",
+    "optimizer": "optim.type", "lr": "optim.lr", "lr_rule": "optim.lr_rule",
+    "weight_decay": "optim.weight_decay", "momentum": "optim.momentum",
+    "trust_coefficient": "optim.trust_coefficient", "exclude_bn_bias": "optim.exclude_bn_bias",
+    "warmup_epochs": "optim.warmup_epochs", "final_lr_fraction": "optim.final_lr_fraction",
+    "projector_hidden": "model.projector_hidden", "projector_out": "model.projector_out",
+    "projector_norm": "model.projector_norm", "width": "model.width",
+    "precision": "train.precision", "grad_clip": "train.grad_clip",
+}
+ARM_SECTIONS_ALLOWED = {v for v in ARM_KEYS.values()}
+#: Short names of keys an arm may NOT set (mapped so the refusal names the reason).
+REFUSED_ALIASES: dict[str, str] = {
+    "batch_size": "train.batch_size", "views": "data.views", "epochs": "train.epochs",
+    "max_steps": "train.max_steps", "source": "data.source", "dataset": "data.source",
+    "num_classes": "data.num_classes", "classes": "data.classes", "augment": "data.augment",
+    "augmentation": "data.augment", "encoder": "model.encoder",
+}
+ARM_CONTROL_KEYS = ("init_seed", "data_seed", "same_as")
+_REFUSED_WHY = {
+    "data.": "it changes the data stream",
+    "train.batch_size": "it changes the mini-batches",
+    "train.epochs": "it changes the data stream length",
+    "train.max_steps": "it changes the data stream length",
+    "seed": "it changes every random choice; use init_seed or data_seed for a control arm",
+    "model.encoder": "a different encoder shares no weights; use a separate run",
+}
+
+
+def _refusal(dotted: str) -> str | None:
+    for prefix, why in _REFUSED_WHY.items():
+        if dotted == prefix or (prefix.endswith(".") and dotted.startswith(prefix)):
+            return why
+    return None
+
+
+def _type_ok(spec: Key, value: Any) -> bool:
+    if value is None:
+        return spec.nullable
+    if isinstance(value, bool) and bool not in spec.types:
+        return False
+    if spec.types == FLOAT and isinstance(value, (int, float)):
+        return True
+    return isinstance(value, spec.types)
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Validate one dotted key's value against :data:`SCHEMA`; return it (ints → float where float)."""
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown config key {key!r}{_suggest(key, list(SCHEMA))}")
+    spec = SCHEMA[key]
+    if not _type_ok(spec, value):
+        tnames = "/".join(t.__name__ for t in spec.types)
+        raise ConfigError(f"config key {key!r}: expected {tnames}{' or null' if spec.nullable else ''}, "
+                          f"got {type(value).__name__} {value!r}")
+    if value is not None and spec.check is not None:
+        err = spec.check(value)
+        if err:
+            raise ConfigError(f"config key {key!r}: {err}")
+    if value is not None and spec.types == FLOAT:
+        value = float(value)
+    return value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} → {"a.b": 1}``; the values of ``arms``, ``pairs``, ``data.options`` stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and key not in ("arms", "data.options"):
+            if not v and key in {s.split(".")[0] for s in SCHEMA if "." in s}:
+                continue
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        parts = k.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"loss.temperature=0.1"`` → ``("loss.temperature", 0.1)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:  # pragma: no cover - yaml messages vary
+        raise ConfigError(f"config key {key!r}: cannot parse value {raw!r}: {e}".splitlines()[0]) from None
+    return key, value
+
+
+@dataclass
+class Arm:
+    """One arm of a coupled run: an objective and its resolved settings.
+
+    ``settings`` holds every per-arm dotted key (see :data:`ARM_KEYS`) after the arm's
+    overrides; ``overrides`` only what the arm changed. ``init_seed`` / ``data_seed`` are
+    ``None`` when the arm shares the run's initial weights / data stream.
+    """
+
+    name: str
+    objective: str
+    settings: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init_seed: int | None = None
+    data_seed: int | None = None
+
+    def get(self, dotted: str) -> Any:
+        return self.settings[dotted]
+
+    def model_cfg(self, base_model: Mapping[str, Any]) -> dict[str, Any]:
+        m = dict(base_model)
+        for k, v in self.settings.items():
+            if k.startswith("model."):
+                m[k.split(".", 1)[1]] = v
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective, "settings": self.settings, "overrides": self.overrides,
+                "init_seed": self.init_seed, "data_seed": self.data_seed}
+
+
+def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> Arm:
+    where = f"arms.{name}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"config key {where!r}: expected a mapping like {{objective: cl}}, got {spec!r}")
+    spec = dict(spec)
+    if "same_as" in spec:  # control arm: repeat another arm's settings
+        other = spec.pop("same_as")
+        if other not in arms_raw or other == name:
+            raise ConfigError(f"config key '{where}.same_as': unknown arm {other!r}")
+        base = dict(arms_raw[other])
+        base.pop("init_seed", None), base.pop("data_seed", None), base.pop("same_as", None)
+        spec = {**base, **spec}
+    if "objective" not in spec:
+        raise ConfigError(f"config key '{where}.objective': missing (one of {', '.join(OBJECTIVES)})")
+    objective = spec.pop("objective")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"config key '{where}.objective': must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    seeds: dict[str, int | None] = {"init_seed": None, "data_seed": None}
+    for s in ("init_seed", "data_seed"):
+        if s in spec:
+            v = spec.pop(s)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"config key '{where}.{s}': must be an integer >= 0, got {v!r}")
+            seeds[s] = v
+    settings = {k: flat[k] for k in ARM_SECTIONS_ALLOWED}
+    overrides: dict[str, Any] = {}
+    for k, v in _flatten_arm(spec).items():
+        dotted = ARM_KEYS.get(k, REFUSED_ALIASES.get(k, k))
+        why = _refusal(dotted)
+        if why:
+            raise ConfigError(f"config key '{where}.{k}': cannot differ between arms because {why}; use a separate run or a sweep")
+        if dotted not in ARM_SECTIONS_ALLOWED:
+            raise ConfigError(f"config key '{where}.{k}': not a per-arm setting{_suggest(k, list(ARM_KEYS))}; "
+                              f"arms may set objective, init_seed, data_seed, same_as, {', '.join(ARM_KEYS)}")
+        settings[dotted] = check_value(dotted, v)
+        overrides[dotted] = settings[dotted]
+    return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"])
+
+
+def _flatten_arm(spec: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        if isinstance(v, Mapping):
+            for kk, vv in _flatten_arm(v).items():
+                out[f"{k}.{kk}"] = vv
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_arms(cfg: Mapping[str, Any]) -> list[Arm]:
+    """Resolve ``cfg["arms"]`` (or the default four) into :class:`Arm` objects, in config order."""
+    flat = flatten(cfg)
+    arms_raw = cfg.get("arms") or DEFAULT_ARMS
+    if not isinstance(arms_raw, Mapping) or not arms_raw:
+        raise ConfigError("config key 'arms': must be a non-empty mapping of arm name → settings")
+    out = []
+    for name, spec in arms_raw.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"config key 'arms': arm name {name!r} must be alphanumeric (with _ or -)")
+        out.append(_resolve_arm(name, spec, flat, arms_raw))
+    return out
+
+
+def resolve_pairs(cfg: Mapping[str, Any], arms: list[Arm]) -> list[tuple[str, str]]:
+    """Arm pairs for the alignment metrics; default: the first arm against each other arm."""
+    names = [a.name for a in arms]
+    raw = cfg.get("pairs")
+    if raw is None:
+        return [(names[0], n) for n in names[1:]]
+    pairs = []
+    for p in raw:
+        if isinstance(p, str):
+            p = p.split("/") if "/" in p else p.split(",")
+        if not isinstance(p, (list, tuple)) or len(p) != 2 or not all(isinstance(x, str) for x in p):
+            raise ConfigError(f"config key 'pairs': each pair must be [arm_a, arm_b] or 'arm_a/arm_b', got {p!r}")
+        for x in p:
+            if x not in names:
+                raise ConfigError(f"config key 'pairs': unknown arm {x!r} (arms: {', '.join(names)})")
+        pairs.append((p[0], p[1]))
+    return pairs
+
+
+def default_config() -> dict[str, Any]:
+    """The schema defaults as a nested dict (``arms`` filled with the paper's four)."""
+    flat = {k: copy.deepcopy(s.default) for k, s in SCHEMA.items()}
+    flat["arms"] = copy.deepcopy(DEFAULT_ARMS)
+    return unflatten(flat)
+
+
+def _source_classes(source: str) -> int | None:
+    try:
+        from repalign.data import source_info
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        info = source_info(source)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"config key 'data.source': {e}".splitlines()[0]) from None
+    n = info.get("num_classes") if isinstance(info, Mapping) else getattr(info, "num_classes", None)
+    return n
+
+
+def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key of a nested config, fill defaults, resolve arms; return the resolved config."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config must be a mapping, got {type(cfg).__name__}")
+    flat_in = flatten(cfg)
+    flat = {k: copy.deepcopy(s.default) for k, s in SCHEMA.items()}
+    for k, v in flat_in.items():
+        flat[k] = check_value(k, v)
+    if flat["arms"] is None:
+        flat["arms"] = copy.deepcopy(DEFAULT_ARMS)
+    sched = flat["eval.schedule"]
+    if isinstance(sched, str) and sched != "paper":
+        raise ConfigError(f"config key 'eval.schedule': must be 'paper' or a list of epochs, got {sched!r}")
+    if isinstance(sched, list) and _int_list(sched):
+        raise ConfigError(f"config key 'eval.schedule': {_int_list(sched)}")
+    if flat["data.num_classes"] is not None and flat["data.classes"] is not None:
+        raise ConfigError("config key 'data.classes': set either data.num_classes or data.classes, not both")
+    n_src = _source_classes(flat["data.source"])
+    want = flat["data.num_classes"] if flat["data.num_classes"] is not None else None
+    if n_src is not None and want is not None and want > n_src:
+        raise ConfigError(f"config key 'data.num_classes': source {flat['data.source']!r} has {n_src} classes, asked for {want}")
+    if n_src is not None and flat["data.classes"] is not None:
+        bad = [c for c in flat["data.classes"] if not 0 <= c < n_src]
+        if bad:
+            raise ConfigError(f"config key 'data.classes': classes {bad} not in source {flat['data.source']!r} (0..{n_src - 1})")
+    out = unflatten(flat)
+    arms = resolve_arms(out)
+    resolve_pairs(out, arms)
+    for a in arms:
+        if a.settings["train.precision"] == "fp16" and flat["train.device"] == "cpu":
+            raise ConfigError(f"config key 'arms.{a.name}.precision': fp16 needs a CUDA device (use bf16 on CPU)")
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Load YAML (or defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    cfg: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+        cfg = dict(loaded)
+        cfg.setdefault("name", p.stem)
+    flat = flatten(cfg)
+    for o in overrides or []:
+        k, v = parse_override(o)
+        if k.startswith("arms."):
+            parts = k.split(".")
+            node = cfg.setdefault("arms", copy.deepcopy(DEFAULT_ARMS) if cfg.get("arms") is None else cfg["arms"])
+            for p_ in parts[1:-1]:
+                node = node.setdefault(p_, {})
+            node[parts[-1]] = v
+            flat = flatten(cfg)
+            continue
+        if k not in SCHEMA:
+            raise ConfigError(f"unknown config key {k!r}{_suggest(k, list(SCHEMA))}")
+        flat[k] = v
+        cfg = unflatten(flat)
+    return validate(unflatten(flatten(cfg)) if overrides else cfg)
+
+
+def dump_config(cfg: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(cfg), sort_keys=False)

@@ -1,0 +1,212 @@
+"""Alignment and quality tracked through training, and ``repalign align`` from checkpoints.
+
+At each scheduled evaluation epoch, features of every arm are extracted **once** per split (fixed,
+seeded, un-augmented train and test evaluation subsets) and all metrics are computed from them:
+per arm pair CKA (linear, debiased), RSA, similarity gap, representation angle, weight gap and
+angles; per arm kNN accuracy. The same function, :func:`alignment_rows`, serves training and
+``repalign align``, so the two agree exactly.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from repalign.seeding import derive_seed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from repalign.training.trainer import CoupledTrainer
+
+PAPER_EPOCHS = tuple(range(0, 100, 10)) + tuple(range(100, 100_001, 100))
+
+
+def eval_epochs(eval_cfg: Mapping[str, Any], epochs: int) -> set[int]:
+    """Epochs (0 = before training) at which to evaluate.
+
+    ``eval.every: n`` → 0, n, 2n, …; ``eval.schedule: paper`` → 0, 10, …, 90, 100, 200, 300, …;
+    ``eval.schedule: [..]`` → that list. The final epoch is added whenever anything is scheduled.
+    """
+    out: set[int] = set()
+    if eval_cfg.get("every"):
+        out |= set(range(0, epochs + 1, eval_cfg["every"]))
+    sched = eval_cfg.get("schedule")
+    if sched == "paper":
+        out |= {e for e in PAPER_EPOCHS if e <= epochs}
+    elif isinstance(sched, list):
+        bad = [e for e in sched if not 0 <= e <= epochs]
+        if bad:
+            raise ValueError(f"config key 'eval.schedule': epochs {bad} outside 0..{epochs}")
+        out |= set(sched)
+    if out:
+        out.add(epochs)
+    return out
+
+
+def eval_indices(n: int, max_n: int, seed: int, split: str) -> torch.Tensor:
+    """Fixed seeded evaluation subset of a split: all of it when ``n <= max_n`` (sorted indices)."""
+    if n <= max_n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(derive_seed(seed, "eval-subset", split))
+    return torch.randperm(n, generator=g)[:max_n].sort().values
+
+
+class EvalSet(torch.utils.data.Dataset):
+    """Un-augmented ``(image, label, index)`` triples of ``source[indices]``."""
+
+    def __init__(self, source: Any, indices: torch.Tensor, transform: Any) -> None:
+        self.source, self.indices, self.transform = source, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        idx = int(self.indices[i])
+        return self.transform(self.source[idx]), int(self.source.labels[idx]), idx
+
+
+def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: Any, image_size: int,
+                      channels: int) -> dict[str, torch.utils.data.DataLoader]:
+    from repalign.data import eval_transform
+
+    ev = cfg["eval"]
+    tf = eval_transform(image_size, channels, source=cfg["data"]["source"])
+    out = {}
+    for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"])):
+        ds = EvalSet(src, eval_indices(len(src), mx, cfg["seed"], split), tf)
+        out[split] = torch.utils.data.DataLoader(ds, batch_size=ev["batch_size"], shuffle=False)
+    return out
+
+
+def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str, torch.Tensor] | None],
+                   pairs: Iterable[tuple[str, str]], loaders: Mapping[str, Any], cfg: Mapping[str, Any],
+                   epoch: int, step: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """All alignment (``kind: align``) and quality (``kind: eval``) rows at one checkpoint.
+
+    ``nets``: arm name → ``ContrastiveNet``; ``init``: arm name → initial state dict (``None`` for
+    arms that do not share the run's initialisation). Features: one pass per split for all nets.
+    """
+    from repalign.evaluation import extract_features, knn_accuracy
+    from repalign.metrics import linear_cka, representation_angle, rsa, similarity_gap, weight_gap
+
+    ev = cfg["eval"]
+    layers = tuple(ev["layers"])
+    feats: dict[str, tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]] = {}
+    for split, loader in loaders.items():
+        feats[split] = extract_features(dict(nets), loader, layers=layers, device=device)
+    rows: list[dict[str, Any]] = []
+    wg_cache: dict[tuple[str, str], dict[str, Any]] = {}
+    for a, b in pairs:
+        shared_init = init.get(a) is not None and init.get(b) is not None and _same_state(init[a], init[b])
+        wg = weight_gap(nets[a], nets[b], init=init[a] if shared_init else None)
+        wg_cache[(a, b)] = {
+            "weight_gap_mean": wg["mean"], "weight_gap_sum": wg["sum"], "weight_rel_l2": wg["rel_l2"],
+            "weight_angle_deg": wg["angle_deg"],
+            "displacement_angle_deg": wg.get("displacement_angle_deg") if shared_init else None,
+        }
+    for split, (f, _labels) in feats.items():
+        for layer in layers:
+            for a, b in pairs:
+                x, y = f[a][layer], f[b][layer]
+                gap = similarity_gap(x, y)
+                r = rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"])
+                rows.append({
+                    "kind": "align", "epoch": epoch, "step": step, "split": split, "layer": layer,
+                    "arm_a": a, "arm_b": b,
+                    "linear_cka": float(linear_cka(x, y)),
+                    "debiased_cka": float(linear_cka(x, y, debiased=True)),
+                    "rsa": _value(r), "rsa_rdm": ev["rsa_rdm"], "rsa_corr": ev["rsa_corr"],
+                    "sim_gap": float(gap["abs"]), "sim_gap_rel": float(gap["rel"]),
+                    "sim_gap_per_entry": float(gap["per_entry"]),
+                    "repr_angle_deg": float(representation_angle(x, y)),
+                    **wg_cache[(a, b)],
+                })
+    if "train" in feats and "test" in feats:
+        (ftr, ytr), (fte, yte) = feats["train"], feats["test"]
+        for name in nets:
+            rows.append({"kind": "eval", "epoch": epoch, "step": step, "split": "test", "arm": name,
+                         "layer": layers[0],
+                         "knn_acc": float(knn_accuracy(ftr[name][layers[0]], ytr, fte[name][layers[0]], yte,
+                                                       k=ev["knn_k"], temperature=ev["knn_temperature"]))})
+    return rows
+
+
+def _value(r: Any) -> float:
+    if isinstance(r, Mapping):
+        return float(r["value"])
+    return float(getattr(r, "value", r))
+
+
+def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    keys = set(a) & set(b)
+    return bool(keys) and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys
+                              if k.startswith("encoder."))
+
+
+class Evaluator:
+    """The in-training evaluator: ``evaluator(trainer, epoch)`` appends rows to ``metrics.jsonl``."""
+
+    def __init__(self, trainer: "CoupledTrainer") -> None:
+        self.loaders = make_eval_loaders(trainer.cfg, trainer.train_source, trainer.test_source,
+                                         trainer.image_size, trainer.channels)
+        # Built before any training or resume, the nets hold the (deterministic) initial weights.
+        self.init = {s.name: copy.deepcopy(s.module.net.state_dict()) for s in trainer.arm_states}
+
+    def __call__(self, trainer: "CoupledTrainer", epoch: int) -> None:
+        if not trainer.is_main:
+            return
+        nets = {s.name: s.module.net for s in trainer.arm_states}
+        init = {s.name: (self.init[s.name] if s.arm.init_seed is None else None) for s in trainer.arm_states}
+        for row in alignment_rows(nets, init, trainer.pairs, self.loaders, trainer.cfg, epoch, trainer.step,
+                                  trainer.device):
+            trainer._log(row)
+
+
+ALIGN_FIELDS = ["epoch", "step", "split", "layer", "arm_a", "arm_b", "linear_cka", "debiased_cka", "rsa",
+                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "repr_angle_deg",
+                "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg", "displacement_angle_deg"]
+
+
+def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
+              layers: list[str] | None = None, rsa_corr: str | None = None) -> Path:
+    """Recompute alignment rows from every ``checkpoints/epoch_XXXX.pt`` of a run → ``alignment.csv``.
+
+    Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA).
+    """
+    from repalign.config import load_config
+    from repalign.training.checkpoint import load_checkpoint
+    from repalign.training.rundir import RunDir
+    from repalign.training.trainer import CoupledTrainer
+
+    run = RunDir(run_dir, write=False)
+    overrides = [f"eval.max_train={max_train}"] if max_train else []
+    overrides += [f"eval.max_test={max_test}"] if max_test else []
+    overrides += [f"eval.layers=[{','.join(layers)}]"] if layers else []
+    overrides += [f"eval.rsa_corr={rsa_corr}"] if rsa_corr else []
+    cfg = load_config(run.path / "config.yaml", overrides)
+    trainer = CoupledTrainer(cfg, None, evaluator=None)
+    ckpts = sorted(run.ckpt_dir.glob("epoch_*.pt"))
+    if not ckpts:
+        raise ValueError(f"{run.ckpt_dir} holds no epoch_XXXX.pt checkpoints (was evaluation enabled?)")
+    loaders = make_eval_loaders(cfg, trainer.train_source, trainer.test_source, trainer.image_size,
+                                trainer.channels)
+    # A freshly built trainer holds the run's (deterministic) initial weights, as the Evaluator does.
+    init_of = {s.name: (copy.deepcopy(s.module.net.state_dict()) if s.arm.init_seed is None else None)
+               for s in trainer.arm_states}
+    out = run.path / "alignment.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for path in ckpts:
+            state = load_checkpoint(path)
+            for s in trainer.arm_states:
+                s.module.load_state_dict(state["arms"][s.name])
+            nets = {s.name: s.module.net for s in trainer.arm_states}
+            for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
+                                      trainer.device):
+                if row["kind"] == "align":
+                    w.writerow(row)
+    return out

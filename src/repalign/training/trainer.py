@@ -1,0 +1,499 @@
+"""The coupled trainer: several arms trained in lockstep under shared randomness.
+
+One base model is built from the run seed and deep-copied per arm, so every arm starts from
+bitwise-identical weights (an arm whose model settings change shapes shares only the tensors whose
+names and shapes agree; ``meta.json`` lists them). Each step, every data stream (normally one)
+produces one batch of K augmented views; the very same tensor is fed to every arm of that stream.
+Each arm has its own optimiser, schedule and AMP scaler. Under ``torchrun`` the global batch is
+sharded across ranks and each arm is wrapped in DDP.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from repalign import distributed as dist_utils
+from repalign.config import Arm, resolve_arms, resolve_pairs
+from repalign.data import (MultiViewTransform, SeededBatchSampler, build_source, make_train_loader, shard)
+from repalign.losses import ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss
+from repalign.models import ContrastiveNet, LinearHead, build_model, seeded_init
+from repalign.seeding import derive_seed
+from repalign.training.checkpoint import load_latest, save_checkpoint
+from repalign.training.optim import build_optimizer, scaled_lr
+from repalign.training.rundir import RunDir
+from repalign.training.schedule import build_scheduler
+
+CL_OBJECTIVES = ("cl", "dcl", "ntxent")
+_LOSS_NAME = {"cl": "dcl", "dcl": "dcl", "ntxent": "ntxent", "nscl": "nscl", "scl": "supcon", "supcon": "supcon"}
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when ``train.on_nonfinite: stop_run`` and an arm's loss or gradient is non-finite."""
+
+
+class ArmModule(nn.Module):
+    """An arm's trainable module: the shared-architecture net plus (for CE) a linear head.
+
+    ``forward(x) → (h, z, logits)``; ``logits`` is ``None`` for contrastive arms.
+    """
+
+    def __init__(self, net: ContrastiveNet, head: LinearHead | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h, z = self.net(x)
+        return h, z, (self.head(z) if self.head is not None else None)
+
+
+@dataclass
+class ArmState:
+    arm: Arm
+    module: ArmModule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: ContrastiveLoss | None
+    stream: str
+    peak_lr: float
+    active: bool = True
+    stop_reason: str | None = None
+    wrapped: nn.Module | None = None  # DDP wrapper when distributed
+    shared_params: list[str] = field(default_factory=list)
+    unshared_params: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.arm.name
+
+    def net(self) -> ContrastiveNet:
+        return self.module.net
+
+
+def _device(cfg: Mapping[str, Any]) -> torch.device:
+    want = cfg["train"]["device"]
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("config key 'train.device': cuda requested but no CUDA device is available")
+        return torch.device("cuda", dist_utils.local_rank())
+    return torch.device("cpu")
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _source_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
+    d = cfg["data"]
+    kw = dict(d.get("options") or {})
+    if d.get("image_size") and d["source"] in ("imagefolder", "strokes"):
+        kw.setdefault("image_size", d["image_size"])
+    if d.get("download"):
+        kw["download"] = True
+    per_class = d["max_per_class"] if split == "train" else d["test_max_per_class"]
+    return dict(root=d["root"], num_classes=d["num_classes"], classes=d["classes"], seed=cfg["seed"],
+                max_per_class=per_class, **kw)
+
+
+class CoupledTrainer:
+    """Train all arms of a resolved config in lockstep; write the run directory.
+
+    Parameters: ``cfg`` — a resolved config (:func:`repalign.config.validate`); ``run_dir`` — the
+    run directory (``None``: don't write anything); ``resume`` — continue from the run directory's
+    last checkpoint. ``evaluator`` — optional callable ``(trainer, epoch) → None`` run at the
+    scheduled evaluation epochs (see :mod:`repalign.training.evaluate`).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path | None = None, resume: bool = False,
+                 evaluator: Callable[["CoupledTrainer", int], None] | None = "default",  # type: ignore[assignment]
+                 sources: tuple[Any, Any] | None = None) -> None:
+        self.cfg = copy.deepcopy(dict(cfg))
+        self.seed = int(cfg["seed"])
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.is_main = self.rank == 0
+        self.device = _device(cfg)
+        if cfg["train"]["threads"]:
+            torch.set_num_threads(cfg["train"]["threads"])
+        self.arms_cfg = resolve_arms(self.cfg)
+        self.pairs = resolve_pairs(self.cfg, self.arms_cfg)
+        self.run = RunDir(run_dir, write=self.is_main) if run_dir is not None else None
+        # ---- data
+        d = cfg["data"]
+        if sources is None:
+            self.train_source = build_source(d["source"], "train", **_source_kwargs(cfg, "train"))
+            self.test_source = build_source(d["source"], "test", **_source_kwargs(cfg, "test"))
+        else:
+            self.train_source, self.test_source = sources
+        self.channels = self.train_source.channels
+        self.image_size = d["image_size"] or self.train_source.image_size
+        self.num_classes = self.train_source.num_classes
+        self.num_views = d["views"]
+        self.batch_size = cfg["train"]["batch_size"]
+        if self.batch_size % self.world:
+            raise ValueError(f"config key 'train.batch_size': {self.batch_size} is not divisible by the world size {self.world}")
+        if self.batch_size > len(self.train_source):
+            raise ValueError(f"config key 'train.batch_size': {self.batch_size} exceeds the {len(self.train_source)} training samples")
+        self.streams: dict[str, dict[str, Any]] = {}
+        for a in self.arms_cfg:
+            key = self._stream_key(a)
+            if key not in self.streams:
+                dseed = self.seed if a.data_seed is None else derive_seed(a.data_seed, "data")
+                self.streams[key] = {
+                    "seed": dseed,
+                    "sampler": SeededBatchSampler(self.train_source.labels, self.batch_size, seed=dseed,
+                                                  balanced=d["balanced"], drop_last=True),
+                    "transform": MultiViewTransform(d["augment"], self.image_size, self.channels,
+                                                    self.num_views, seed=dseed),
+                }
+        self.steps_per_epoch = len(self.streams["shared" if "shared" in self.streams else next(iter(self.streams))]["sampler"])
+        if self.steps_per_epoch < 1:
+            raise ValueError("config key 'train.batch_size': larger than the training set; no full batch")
+        self.epochs = cfg["train"]["epochs"]
+        self.total_steps = self.epochs * self.steps_per_epoch
+        if cfg["train"]["max_steps"]:
+            self.total_steps = min(self.total_steps, cfg["train"]["max_steps"])
+        # ---- models
+        self.arm_states = self._build_arms()
+        self.step = 0
+        self.epoch = 0
+        self.pos_in_epoch = 0
+        self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
+        self._tb = None
+        self._wandb = None
+        if resume:
+            self._resume()
+        elif self.run is not None:
+            self.run.write_config(self.cfg)
+            self.run.write_meta(self._meta())
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def _stream_key(arm: Arm) -> str:
+        return "shared" if arm.data_seed is None else f"data_seed={arm.data_seed}"
+
+    def _build_arms(self) -> list[ArmState]:
+        model_cfg = self.cfg["model"]
+        with seeded_init(derive_seed(self.seed, "init")):
+            base = build_model(model_cfg, self.channels, self.image_size)
+        states = []
+        for a in self.arms_cfg:
+            mcfg = a.model_cfg(model_cfg)
+            shared: list[str]
+            unshared: list[str] = []
+            if a.init_seed is not None:
+                with seeded_init(derive_seed(a.init_seed, "init")):
+                    net = build_model(mcfg, self.channels, self.image_size)
+                shared = []
+                unshared = [k for k in net.state_dict()]
+            elif mcfg == dict(model_cfg):
+                net = copy.deepcopy(base)
+                shared = list(net.state_dict())
+            else:
+                with seeded_init(derive_seed(self.seed, "init", a.name)):
+                    net = build_model(mcfg, self.channels, self.image_size)
+                base_sd = base.state_dict()
+                sd = net.state_dict()
+                shared = [k for k, v in sd.items() if k in base_sd and base_sd[k].shape == v.shape]
+                unshared = [k for k in sd if k not in shared]
+                net.load_state_dict({**sd, **{k: base_sd[k] for k in shared}})
+            head = None
+            if a.objective == "ce":
+                with seeded_init(derive_seed(self.seed, "head")):
+                    head = LinearHead(mcfg["projector_out"], self.num_classes)
+            module = ArmModule(net, head).to(self.device)
+            if self.world > 1 and self.cfg["model"]["sync_bn"]:
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            peak = scaled_lr(a.get("optim.lr"), self.batch_size, a.get("optim.lr_rule"))
+            opt = build_optimizer(module, a.settings, peak)
+            warm = int(round(a.get("optim.warmup_epochs") * self.steps_per_epoch))
+            sched = build_scheduler(opt, self.total_steps, warm, a.get("optim.final_lr_fraction"))
+            prec = a.get("train.precision")
+            scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
+            loss_fn = None
+            if a.objective != "ce":
+                loss_fn = ContrastiveLoss(_LOSS_NAME[a.objective], a.get("loss.temperature"),
+                                          include_positive=a.get("loss.include_positive"))
+            st = ArmState(a, module, opt, sched, scaler, loss_fn, self._stream_key(a), peak,
+                          shared_params=shared, unshared_params=unshared)
+            if self.world > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                st.wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            states.append(st)
+        return states
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "world_size": self.world, "device": str(self.device),
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "num_classes": self.num_classes, "class_names": list(self.train_source.class_names),
+            "train_size": len(self.train_source), "test_size": len(self.test_source),
+            "image_size": self.image_size, "channels": self.channels,
+            "streams": {k: {"seed": v["seed"]} for k, v in self.streams.items()},
+            "pairs": [list(p) for p in self.pairs],
+            "arms": {s.name: {**s.arm.to_dict(), "peak_lr": s.peak_lr, "stream": s.stream,
+                              "shares_all_initial_weights": not s.unshared_params,
+                              "unshared_params": s.unshared_params,
+                              "num_params": sum(p.numel() for p in s.module.parameters())}
+                     for s in self.arm_states},
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "epoch": self.epoch, "pos_in_epoch": self.pos_in_epoch,
+            "arms": {s.name: {"module": s.module.state_dict(), "optimizer": s.optimizer.state_dict(),
+                              "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
+                              "active": s.active, "stop_reason": s.stop_reason or ""}
+                     for s in self.arm_states},
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step, self.epoch, self.pos_in_epoch = state["step"], state["epoch"], state["pos_in_epoch"]
+        for s in self.arm_states:
+            if s.name not in state["arms"]:
+                raise ValueError(f"checkpoint has no arm {s.name!r} (arms: {list(state['arms'])})")
+            a = state["arms"][s.name]
+            s.module.load_state_dict(a["module"])
+            s.optimizer.load_state_dict(a["optimizer"])
+            s.scheduler.load_state_dict(a["scheduler"])
+            s.scaler.load_state_dict(a["scaler"])
+            s.active = bool(a["active"])
+            s.stop_reason = a["stop_reason"] or None
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self) -> None:
+        if self.run is not None and self.is_main:
+            save_checkpoint(self.state_dict(), self.run.ckpt_dir / "last.pt")
+
+    def save_models(self, epoch: int) -> Path | None:
+        """Weights of every arm at an evaluation epoch (for ``repalign align``)."""
+        if self.run is None or not self.is_main:
+            return None
+        path = self.run.ckpt_dir / f"epoch_{epoch:04d}.pt"
+        save_checkpoint({"epoch": epoch, "step": self.step,
+                         "arms": {s.name: s.module.state_dict() for s in self.arm_states}}, path,
+                        keep_previous=False)
+        return path
+
+    def _resume(self) -> None:
+        assert self.run is not None
+        state, used, problems = load_latest(self.run.ckpt_dir / "last.pt", map_location=self.device)
+        for p in problems:
+            print(f"repalign: warning: {p}; using {used.name}", file=sys.stderr)
+        self.load_state_dict(state)
+        self.run.truncate_metrics_after(self.step)
+        self.run.log({"kind": "event", "step": self.step, "arm": None,
+                      "message": f"resumed from {used.name} at step {self.step}"})
+
+    # ------------------------------------------------------------------ training
+    def _batches(self, stream: dict[str, Any], epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        sampler: SeededBatchSampler = stream["sampler"]
+        sampler.set_epoch(epoch)
+        sampler.load_state_dict({"epoch": epoch, "position": start})
+        if self.world > 1:
+            sampler = _ShardedSampler(sampler, self.rank, self.world)
+        loader = make_train_loader(self.train_source, stream["transform"], sampler,
+                                   num_workers=self.cfg["data"]["num_workers"])
+        return iter(loader)
+
+    def _eval_epochs(self) -> set[int]:
+        from repalign.training.evaluate import eval_epochs
+        return eval_epochs(self.cfg["eval"], self.epochs)
+
+    def _default_evaluator(self) -> Callable[["CoupledTrainer", int], None] | None:
+        from repalign.training.evaluate import Evaluator
+        return Evaluator(self) if self._eval_epochs() else None
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict."""
+        log_every = self.cfg["train"]["log_every"]
+        eval_at = self._eval_epochs()
+        t_start = time.perf_counter()
+        if self.step == 0 and self.evaluator is not None and 0 in eval_at:
+            self.save_models(0)
+            self.evaluator(self, 0)
+        bar = self._progress()
+        self._open_loggers()
+        while self.step < self.total_steps and any(s.active for s in self.arm_states):
+            epoch = self.epoch
+            iters = {k: self._batches(v, epoch, self.pos_in_epoch) for k, v in self.streams.items()}
+            while self.pos_in_epoch < self.steps_per_epoch and self.step < self.total_steps:
+                batches = {k: next(it) for k, it in iters.items()}
+                rows = self.train_step(batches, log=(self.step % log_every == 0))
+                self.step += 1
+                self.pos_in_epoch += 1
+                if bar is not None:
+                    bar.update(1)
+                    if rows:
+                        bar.set_postfix({r["arm"]: f"{r['loss']:.3f}" for r in rows if r["kind"] == "train"})
+                if not any(s.active for s in self.arm_states):
+                    break
+            if self.pos_in_epoch >= self.steps_per_epoch:
+                self.epoch += 1
+                self.pos_in_epoch = 0
+                done = self.epoch
+                if done % self.cfg["train"]["checkpoint_every"] == 0 or self.step >= self.total_steps:
+                    self.save()
+                if self.evaluator is not None and done in eval_at:
+                    self.save_models(done)
+                    self.evaluator(self, done)
+            else:
+                self.save()
+                break
+        if bar is not None:
+            bar.close()
+        self._close_loggers()
+        return {"steps": self.step, "epochs": self.epoch, "seconds": time.perf_counter() - t_start,
+                "arms": {s.name: {"active": s.active, "stop_reason": s.stop_reason} for s in self.arm_states}}
+
+    def train_step(self, batches: Mapping[str, tuple[torch.Tensor, ...]], log: bool = False) -> list[dict[str, Any]]:
+        """One optimiser step of every active arm on its stream's batch; returns logged rows."""
+        rows: list[dict[str, Any]] = []
+        epoch_f = self.step / self.steps_per_epoch
+        inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for key, (views, labels, _idx) in batches.items():
+            x = views.to(self.device, non_blocking=True).flatten(0, 1)  # [K·B, C, H, W], view-major
+            inputs[key] = (x, labels.to(self.device))
+        for s in self.arm_states:
+            if not s.active:
+                continue
+            x, labels = inputs[s.stream]
+            t0 = time.perf_counter()
+            loss, z = self._forward_loss(s, x, labels)
+            loss_val = float(dist_utils.all_reduce_mean(loss.detach()))
+            if not math.isfinite(loss_val):
+                self._nonfinite(s, "loss", loss_val)
+                continue
+            s.optimizer.zero_grad(set_to_none=True)
+            s.scaler.scale(loss).backward()
+            s.scaler.unscale_(s.optimizer)
+            clip = s.arm.get("train.grad_clip")
+            gnorm = torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip if clip else float("inf"))
+            if not s.scaler.is_enabled() and not torch.isfinite(gnorm):
+                self._nonfinite(s, "gradient norm", float(gnorm))
+                s.optimizer.zero_grad(set_to_none=True)
+                continue
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.scheduler.step()
+            dt = time.perf_counter() - t0
+            if log:
+                lr = s.optimizer.param_groups[0]["lr"]
+                rows.append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
+                             "objective": s.arm.objective, "loss": loss_val, "lr": lr,
+                             "grad_norm": float(gnorm), "samples_per_s": self.batch_size / max(dt, 1e-9)})
+                if s.arm.objective in CL_OBJECTIVES:
+                    rows.append(self._loss_gap_row(s, z, labels, epoch_f))
+        for r in rows:
+            self._log(r)
+        return rows
+
+    def _forward_loss(self, s: ArmState, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s.module.train()
+        model = s.wrapped if s.wrapped is not None else s.module
+        dtype = _autocast_dtype(s.arm.get("train.precision"))
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            _h, z, logits = model(x)
+        k = self.num_views
+        z = z.float().reshape(k, -1, z.shape[-1])
+        if logits is not None:
+            loss = ce_loss(logits.float().reshape(k, -1, logits.shape[-1]), labels)
+        else:
+            assert s.loss_fn is not None
+            loss = s.loss_fn(z, labels)
+        return loss, z
+
+    def _loss_gap_row(self, s: ArmState, z: torch.Tensor, labels: torch.Tensor, epoch_f: float) -> dict[str, Any]:
+        """Per-batch DCL − NSCL of a CL arm on its own (global) embeddings, and the bound."""
+        with torch.no_grad():
+            zg, yg = dist_utils.gather_no_grad(z.detach(), dim=1), dist_utils.gather_no_grad(labels, dim=0)
+            tau = s.arm.get("loss.temperature")
+            dcl = float(dcl_loss(zg, yg, tau))
+            nscl = float(nscl_loss(zg, yg, tau))
+            bound = float(loss_gap_bound(yg, tau))
+        return {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name, "dcl": dcl,
+                "nscl": nscl, "gap": dcl - nscl, "bound": bound}
+
+    def _nonfinite(self, s: ArmState, what: str, value: float) -> None:
+        msg = (f"arm {s.name!r} (objective {s.arm.objective}) stopped at step {self.step}: "
+               f"non-finite {what} ({value}); its last good weights are kept")
+        s.active = False
+        s.stop_reason = msg
+        if self.is_main:
+            print(f"repalign: {msg}", file=sys.stderr)
+        self._log({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
+        if self.cfg["train"]["on_nonfinite"] == "stop_run":
+            self.save()
+            raise NonFiniteError(msg)
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, row: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(row)
+        if self._tb is not None and row.get("kind") in ("train", "lossgap", "align", "eval"):
+            tag = row.get("arm") or f"{row.get('arm_a')}_vs_{row.get('arm_b')}_{row.get('split', '')}"
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self._tb.add_scalar(f"{row['kind']}/{tag}/{k}", v, row.get("step", 0))
+        if self._wandb is not None and row.get("kind") in ("train", "lossgap", "align", "eval"):
+            self._wandb.log({f"{row['kind']}/{row.get('arm') or row.get('arm_b')}/{k}": v
+                             for k, v in row.items() if isinstance(v, (int, float))}, step=row.get("step", 0))
+
+    def _progress(self):
+        if not (self.is_main and self.cfg["logging"]["progress"]):
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                    file=sys.stderr)
+
+    def _open_loggers(self) -> None:
+        lg = self.cfg["logging"]
+        if not self.is_main or self.run is None:
+            return
+        if lg["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("config key 'logging.tensorboard': install the extra `pip install repalign[tensorboard]`") from e
+            self._tb = SummaryWriter(str(self.run.path / "tensorboard"))
+        if lg["wandb"]:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ValueError("config key 'logging.wandb': install the extra `pip install repalign[wandb]`") from e
+            self._wandb = wandb.init(project=lg["wandb_project"], dir=str(self.run.path), mode="offline",
+                                     config=self.cfg, name=self.cfg.get("name"))
+
+    def _close_loggers(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+class _ShardedSampler:
+    """Wrap a global batch sampler: each rank gets its contiguous slice of every global batch."""
+
+    def __init__(self, sampler: SeededBatchSampler, rank: int, world: int) -> None:
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.sampler:
+            yield shard(batch, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
