@@ -33,9 +33,11 @@ def test_corrupt_without_sidecar(tmp_path):
         load_checkpoint(p)
 
 
+class Evil:
+    pass
+
+
 def test_weights_only_rejects_arbitrary_objects(tmp_path):
-    class Evil:
-        pass
     p = tmp_path / "e.pt"
     save_checkpoint({"x": Evil()}, p)
     with pytest.raises(CheckpointError):

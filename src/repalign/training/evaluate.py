@@ -73,7 +73,7 @@ def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: An
     from repalign.data import eval_transform
 
     ev = cfg["eval"]
-    tf = eval_transform(image_size, channels, source=cfg["data"]["source"])
+    tf = eval_transform(image_size, channels, mean=train_source.mean, std=train_source.std)
     out = {}
     for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"])):
         ds = EvalSet(src, eval_indices(len(src), mx, cfg["seed"], split), tf)

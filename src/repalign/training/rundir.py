@@ -102,11 +102,21 @@ class RunDir:
             f.write(json.dumps(_clean(row)) + "\n")
 
     def truncate_metrics_after(self, step: int) -> None:
-        """On resume: drop rows written after the checkpoint's step (they will be rewritten)."""
+        """On resume from a checkpoint taken after ``step`` steps: drop rows written later.
+
+        ``train``/``lossgap`` rows carry the 0-based index of their step, so those with
+        ``step >= step`` are dropped; evaluation rows carry the number of steps done, so
+        those with ``step > step`` are dropped. The resumed run rewrites them identically.
+        """
         if not self.write or not self.metrics_path.exists():
             return
+
+        def keep_row(row: Mapping[str, Any]) -> bool:
+            s = row.get("step", 0)
+            return s < step if row.get("kind") in ("train", "lossgap") else s <= step
+
         keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if line.strip() and keep_row(json.loads(line))]
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, self.metrics_path)

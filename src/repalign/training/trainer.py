@@ -22,7 +22,7 @@ from torch import nn
 
 from repalign import distributed as dist_utils
 from repalign.config import Arm, resolve_arms, resolve_pairs
-from repalign.data import (MultiViewTransform, SeededBatchSampler, build_source, make_train_loader, shard)
+from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.losses import ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss
 from repalign.models import ContrastiveNet, LinearHead, build_model, seeded_init
 from repalign.seeding import derive_seed
@@ -106,6 +106,14 @@ def _source_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
                 max_per_class=per_class, **kw)
 
 
+def _recipe(augment: str, image_size: int) -> str:
+    """``auto``: SimCLR's CIFAR recipe below 96 px, its ImageNet recipe (with blur) above; the data
+    module turns either into its grayscale variant for 1-channel images."""
+    if augment != "auto":
+        return augment
+    return "simclr_cifar" if image_size < 96 else "simclr_imagenet"
+
+
 class CoupledTrainer:
     """Train all arms of a resolved config in lockstep; write the run directory.
 
@@ -153,8 +161,9 @@ class CoupledTrainer:
                     "seed": dseed,
                     "sampler": SeededBatchSampler(self.train_source.labels, self.batch_size, seed=dseed,
                                                   balanced=d["balanced"], drop_last=True),
-                    "transform": MultiViewTransform(d["augment"], self.image_size, self.channels,
-                                                    self.num_views, seed=dseed),
+                    "transform": MultiViewTransform(
+                        _recipe(d["augment"], self.image_size), self.image_size, self.channels, self.num_views,
+                        seed=dseed, mean=self.train_source.mean, std=self.train_source.std),
                 }
         self.steps_per_epoch = len(self.streams["shared" if "shared" in self.streams else next(iter(self.streams))]["sampler"])
         if self.steps_per_epoch < 1:
@@ -168,6 +177,7 @@ class CoupledTrainer:
         self.step = 0
         self.epoch = 0
         self.pos_in_epoch = 0
+        self._saved_step = -1
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
         self._tb = None
         self._wandb = None
@@ -274,8 +284,10 @@ class CoupledTrainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self) -> None:
+        """Write ``checkpoints/last.pt`` atomically (the previous one is kept as ``last.prev.pt``)."""
         if self.run is not None and self.is_main:
             save_checkpoint(self.state_dict(), self.run.ckpt_dir / "last.pt")
+        self._saved_step = self.step
 
     def save_models(self, epoch: int) -> Path | None:
         """Weights of every arm at an evaluation epoch (for ``repalign align``)."""
@@ -293,19 +305,20 @@ class CoupledTrainer:
         for p in problems:
             print(f"repalign: warning: {p}; using {used.name}", file=sys.stderr)
         self.load_state_dict(state)
+        self._saved_step = self.step
         self.run.truncate_metrics_after(self.step)
         self.run.log({"kind": "event", "step": self.step, "arm": None,
                       "message": f"resumed from {used.name} at step {self.step}"})
 
     # ------------------------------------------------------------------ training
     def _batches(self, stream: dict[str, Any], epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches of ``epoch`` from position ``start``: ``(views [K,B,C,H,W], labels [B], indices [B])``
+        (under DDP ``B`` is this rank's share of the global batch)."""
         sampler: SeededBatchSampler = stream["sampler"]
-        sampler.set_epoch(epoch)
-        sampler.load_state_dict({"epoch": epoch, "position": start})
-        if self.world > 1:
-            sampler = _ShardedSampler(sampler, self.rank, self.world)
+        sampler.load_state_dict({"epoch": epoch, "consumed": start})
         loader = make_train_loader(self.train_source, stream["transform"], sampler,
-                                   num_workers=self.cfg["data"]["num_workers"])
+                                   num_workers=self.cfg["data"]["num_workers"],
+                                   shard=(self.rank, self.world) if self.world > 1 else None)
         return iter(loader)
 
     def _eval_epochs(self) -> set[int]:
@@ -316,45 +329,50 @@ class CoupledTrainer:
         from repalign.training.evaluate import Evaluator
         return Evaluator(self) if self._eval_epochs() else None
 
-    def fit(self) -> dict[str, Any]:
-        """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict."""
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict.
+
+        ``stop_after``: checkpoint and return once the global step reaches this value (as a killed
+        or pre-empted run would); ``--resume`` continues it bit-identically.
+        """
         log_every = self.cfg["train"]["log_every"]
         eval_at = self._eval_epochs()
         t_start = time.perf_counter()
+        end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         if self.step == 0 and self.evaluator is not None and 0 in eval_at:
             self.save_models(0)
             self.evaluator(self, 0)
         bar = self._progress()
         self._open_loggers()
-        while self.step < self.total_steps and any(s.active for s in self.arm_states):
-            epoch = self.epoch
-            iters = {k: self._batches(v, epoch, self.pos_in_epoch) for k, v in self.streams.items()}
-            while self.pos_in_epoch < self.steps_per_epoch and self.step < self.total_steps:
-                batches = {k: next(it) for k, it in iters.items()}
-                rows = self.train_step(batches, log=(self.step % log_every == 0))
-                self.step += 1
-                self.pos_in_epoch += 1
-                if bar is not None:
-                    bar.update(1)
-                    if rows:
-                        bar.set_postfix({r["arm"]: f"{r['loss']:.3f}" for r in rows if r["kind"] == "train"})
-                if not any(s.active for s in self.arm_states):
-                    break
-            if self.pos_in_epoch >= self.steps_per_epoch:
+        try:
+            while self.step < end and any(s.active for s in self.arm_states):
+                iters = {k: self._batches(v, self.epoch, self.pos_in_epoch) for k, v in self.streams.items()}
+                while self.pos_in_epoch < self.steps_per_epoch and self.step < end:
+                    batches = {k: next(it) for k, it in iters.items()}
+                    rows = self.train_step(batches, log=(self.step % log_every == 0))
+                    self.step += 1
+                    self.pos_in_epoch += 1
+                    if bar is not None:
+                        bar.update(1)
+                        if rows:
+                            bar.set_postfix({r["arm"]: f"{r['loss']:.3f}" for r in rows if r["kind"] == "train"})
+                    if not any(s.active for s in self.arm_states):
+                        break
+                if self.pos_in_epoch < self.steps_per_epoch:
+                    break  # stopped mid-epoch (stop_after, max_steps or every arm stopped)
                 self.epoch += 1
                 self.pos_in_epoch = 0
-                done = self.epoch
-                if done % self.cfg["train"]["checkpoint_every"] == 0 or self.step >= self.total_steps:
+                if self.epoch % self.cfg["train"]["checkpoint_every"] == 0:
                     self.save()
-                if self.evaluator is not None and done in eval_at:
-                    self.save_models(done)
-                    self.evaluator(self, done)
-            else:
+                if self.evaluator is not None and self.epoch in eval_at:
+                    self.save_models(self.epoch)
+                    self.evaluator(self, self.epoch)
+            if self._saved_step != self.step:
                 self.save()
-                break
-        if bar is not None:
-            bar.close()
-        self._close_loggers()
+        finally:
+            if bar is not None:
+                bar.close()
+            self._close_loggers()
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.perf_counter() - t_start,
                 "arms": {s.name: {"active": s.active, "stop_reason": s.stop_reason} for s in self.arm_states}}
 
@@ -371,9 +389,14 @@ class CoupledTrainer:
                 continue
             x, labels = inputs[s.stream]
             t0 = time.perf_counter()
+            # BN running statistics change in the forward pass; keep a copy so a non-finite step
+            # leaves the arm exactly at its last good state (buffers are small: a few vectors).
+            buffers = list(s.module.buffers())
+            saved = [b.clone() for b in buffers]
             loss, z = self._forward_loss(s, x, labels)
             loss_val = float(dist_utils.all_reduce_mean(loss.detach()))
             if not math.isfinite(loss_val):
+                torch._foreach_copy_(buffers, saved) if buffers else None
                 self._nonfinite(s, "loss", loss_val)
                 continue
             s.optimizer.zero_grad(set_to_none=True)
@@ -382,6 +405,7 @@ class CoupledTrainer:
             clip = s.arm.get("train.grad_clip")
             gnorm = torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip if clip else float("inf"))
             if not s.scaler.is_enabled() and not torch.isfinite(gnorm):
+                torch._foreach_copy_(buffers, saved) if buffers else None
                 self._nonfinite(s, "gradient norm", float(gnorm))
                 s.optimizer.zero_grad(set_to_none=True)
                 continue
@@ -483,17 +507,3 @@ class CoupledTrainer:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
-
-
-class _ShardedSampler:
-    """Wrap a global batch sampler: each rank gets its contiguous slice of every global batch."""
-
-    def __init__(self, sampler: SeededBatchSampler, rank: int, world: int) -> None:
-        self.sampler, self.rank, self.world = sampler, rank, world
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.sampler:
-            yield shard(batch, self.rank, self.world)
-
-    def __len__(self) -> int:
-        return len(self.sampler)

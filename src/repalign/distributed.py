@@ -1,0 +1,112 @@
+"""Small ``torch.distributed`` helpers.
+
+All helpers degrade gracefully when ``torch.distributed`` is unavailable or not
+initialised: ``is_dist()`` is then ``False``, ``rank() == 0``, ``world_size() == 1`` and the
+gather functions return their input unchanged.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_dist", "rank", "world_size", "local_rank", "gather_with_grad", "gather_no_grad", "all_reduce_mean",
+           "init_from_env"]
+
+
+def is_dist() -> bool:
+    """``True`` iff ``torch.distributed`` is available and a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """Rank of this process in the default group (0 when not distributed)."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def _check_dim(x: torch.Tensor, dim: int) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension to be gathered (got a 0-d tensor)")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim={dim} out of range for x of shape {tuple(x.shape)}")
+    return dim % x.dim()
+
+
+def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """All-gather ``x`` from every rank and concatenate along ``dim`` in rank order, keeping gradients.
+
+    Uses ``torch.distributed.nn.functional.all_gather``: in the backward pass the gradient for the
+    local ``x`` is the **sum over ranks** of the gradients flowing into this rank's slice of the
+    output (reduce-scatter with SUM). Every rank must pass a tensor of the same shape.
+
+    Shapes: ``x [..., n, ...]`` → ``[..., world_size * n, ...]`` (``n`` = size along ``dim``).
+    Returns ``x`` itself when not distributed or when ``world_size() == 1``.
+    """
+    dim = _check_dim(x, dim)
+    if not is_dist() or world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():
+        # Deprecated in favour of the (private) functional collectives in recent torch; still the
+        # documented autograd-aware all_gather and available on every supported torch version.
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*", category=FutureWarning)
+        parts = all_gather(x.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def gather_no_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """All-gather ``x`` (no autograd) and concatenate along ``dim`` in rank order.
+
+    Every rank must pass a tensor of the same shape. Returns ``x`` when not distributed.
+    """
+    dim = _check_dim(x, dim)
+    if not is_dist() or world_size() == 1:
+        return x
+    x = x.detach().contiguous()
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=dim)
+
+
+def local_rank() -> int:
+    """``LOCAL_RANK`` from the environment (set by torchrun); 0 otherwise."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (no autograd); ``x`` itself when not distributed."""
+    if not is_dist() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / world_size()
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Initialise the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    Backend: NCCL when CUDA is available, else gloo. Returns whether a group is initialised.
+    """
+    import os
+
+    if is_dist():
+        return True
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or not dist.is_available():
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+    return True

@@ -1,0 +1,17 @@
+"""``repalign report DIR`` — self-contained report.html for a run, a sweep or a reproduce output."""
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from repalign.report import write_report
+
+    print(write_report(args.dir))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a self-contained report.html (figures embedded) for DIR")
+    p.add_argument("dir", help="run directory, sweep directory or reproduce output")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,30 @@
+"""``repalign reproduce FIG --scale cpu|paper [--out DIR] [--tiny] [--run]``."""
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from repalign.experiments.reproduce import FIGS, reproduce
+
+    scale = "tiny" if args.tiny else args.scale
+    figs = list(FIGS) if args.fig == "all" else [args.fig]
+    for f in figs:
+        out = args.out if len(figs) == 1 or args.out is None else f"{args.out}/{f}"
+        reproduce(f, scale, out, processes=args.processes, run=args.run, nproc=args.nproc)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from repalign.experiments.reproduce import FIGURES
+
+    p = sub.add_parser("reproduce", help="build the runs of a paper figure and plot it (PNG + CSV + report.html)")
+    p.add_argument("fig", choices=[*FIGURES, "all"])
+    p.add_argument("--scale", choices=["cpu", "paper", "tiny"], default="cpu",
+                   help="cpu: Fashion-MNIST / strokes with small_cnn (minutes); paper: ResNet-50 configs (GPU)")
+    p.add_argument("--tiny", action="store_true", help="seconds-long setting (tests)")
+    p.add_argument("--out", help="output folder (default runs/reproduce/FIG-SCALE)")
+    p.add_argument("--processes", type=int, default=1, help="local processes for the sweeps")
+    p.add_argument("--run", action="store_true", help="--scale paper: actually train here instead of printing commands")
+    p.add_argument("--nproc", type=int, default=8, help="GPUs per run in the printed torchrun commands")
+    p.set_defaults(func=cmd_reproduce)

@@ -1,0 +1,460 @@
+"""Sweeps: a grid of coupled runs, resumable, aggregated into ``summary.csv``.
+
+Spec (YAML file or mapping)::
+
+    base: configs/demo.yaml          # config path or bundled name
+    overrides: [train.epochs=4]      # fixed key=value overrides for every point
+    grid: {data.num_classes: [5, 10], seed: [0, 1]}
+    product: true                    # cartesian product (false: zip the lists, equal lengths)
+    out: runs/sweeps/classes         # OUT
+    processes: 1                     # > 1: that many local `python -m repalign train` subprocesses
+    launcher: auto                   # auto (inline if processes == 1 else local) | inline | local | slurm
+    slurm: {partition: gpu, timeout_min: 600, gpus_per_node: 1}   # submitit parameters (extra `slurm`)
+
+Layout::
+
+    OUT/sweep.json                   spec, grid keys, points and their state
+    OUT/configs/<slug>.yaml          resolved config of each point
+    OUT/points/<slug>/               the point's run directory (+ DONE marker once training finished)
+    OUT/logs/<slug>.log              stdout/stderr of a subprocess point
+    OUT/summary.csv                  align / eval / lossgap rows of every point, one column per grid key
+
+A point with a ``DONE`` marker is skipped on re-run; a point with a checkpoint but no marker is
+resumed (``--resume``, bitwise-exact continuation by the trainer); a point directory without a
+checkpoint is restarted from scratch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import product as iproduct
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from repalign.config import ConfigError, dump_config, load_config, parse_override
+
+DONE = "DONE"
+SUMMARY_KINDS = ("align", "eval", "lossgap")
+FIRST_COLUMNS = ["kind", "epoch", "step", "split", "layer", "arm_a", "arm_b", "arm"]
+SPEC_KEYS = {"base", "overrides", "grid", "product", "out", "processes", "launcher", "slurm", "name",
+             "threads_per_process"}
+
+
+@dataclass
+class SweepSpec:
+    base: str
+    grid: dict[str, list[Any]]
+    overrides: list[str] = field(default_factory=list)
+    product: bool = True
+    out: str = "runs/sweep"
+    processes: int = 1
+    launcher: str = "auto"
+    slurm: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    threads_per_process: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Point:
+    values: dict[str, Any]
+    slug: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={_yaml_value(v)}" for k, v in self.values.items()]
+
+
+def _yaml_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, str)) and not _plain(v) else str(v).lower() \
+        if isinstance(v, bool) else str(v)
+
+
+def _plain(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", v) is not None
+
+
+def parse_grid_arg(text: str) -> tuple[str, Any]:
+    """``"data.num_classes=[5,10]"`` → ``("data.num_classes", [5, 10])`` (non-lists are returned as is)."""
+    return parse_override(text)
+
+
+def _resolve_base(base: str, rel_to: Path | None) -> str:
+    from repalign.cli import _resolve_config_path
+
+    if rel_to is not None and not Path(base).is_absolute() and (rel_to / base).exists():
+        return str((rel_to / base).resolve())
+    p = _resolve_config_path(base)
+    return str(Path(p).resolve()) if Path(p).exists() else p
+
+
+def load_spec(spec: str | Path | Mapping[str, Any] | None = None, grid_args: Sequence[str] = (),
+              out: str | None = None, processes: int | None = None, launcher: str | None = None) -> SweepSpec:
+    """Build a :class:`SweepSpec` from a YAML spec file / mapping, or from a config path plus CLI
+    grid strings (``key=[v1,v2]`` varies, ``key=v`` is a fixed override)."""
+    raw: dict[str, Any]
+    rel: Path | None = None
+    if isinstance(spec, Mapping):
+        raw = dict(spec)
+    elif spec is not None and Path(spec).is_file() and _looks_like_spec(Path(spec)):
+        raw = yaml.safe_load(Path(spec).read_text()) or {}
+        rel = Path(spec).resolve().parent
+    elif spec is not None:
+        raw = {"base": str(spec), "grid": {}}
+    else:
+        raise ConfigError("sweep: give a spec file or a base config")
+    bad = set(raw) - SPEC_KEYS
+    if bad:
+        raise ConfigError(f"sweep spec key {sorted(bad)[0]!r}: unknown (allowed: {', '.join(sorted(SPEC_KEYS))})")
+    if "base" not in raw:
+        raise ConfigError("sweep spec key 'base': missing (a config path or bundled name)")
+    grid = dict(raw.get("grid") or {})
+    overrides = list(raw.get("overrides") or [])
+    for a in grid_args:
+        k, v = parse_grid_arg(a)
+        if isinstance(v, list):
+            grid[k] = v
+        else:
+            overrides.append(a)
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"sweep spec key 'grid.{k}': must be a non-empty list of values, got {v!r}")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError("sweep spec key 'overrides': must be a list of 'key=value' strings")
+    s = SweepSpec(base=_resolve_base(str(raw["base"]), rel), grid=grid, overrides=overrides,
+                  product=bool(raw.get("product", True)), out=str(out or raw.get("out") or "runs/sweep"),
+                  processes=int(processes or raw.get("processes") or 1),
+                  launcher=str(launcher or raw.get("launcher") or "auto"), slurm=dict(raw.get("slurm") or {}),
+                  name=raw.get("name"), threads_per_process=raw.get("threads_per_process"))
+    if s.launcher not in ("auto", "inline", "local", "slurm"):
+        raise ConfigError(f"sweep spec key 'launcher': must be auto, inline, local or slurm, got {s.launcher!r}")
+    if s.processes < 1:
+        raise ConfigError(f"sweep spec key 'processes': must be >= 1, got {s.processes}")
+    if not s.product:
+        lens = {k: len(v) for k, v in grid.items()}
+        if len(set(lens.values())) > 1:
+            raise ConfigError(f"sweep spec key 'product': false zips the grid lists, which need equal lengths, got {lens}")
+    return s
+
+
+def _looks_like_spec(p: Path) -> bool:
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(d, Mapping) and "base" in d
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    short = {k: k.split(".")[-1] for k in keys}
+    if len(set(short.values())) < len(keys):
+        return {k: k.replace(".", "-") for k in keys}
+    return short
+
+
+def slug_of(values: Mapping[str, Any], short: Mapping[str, str] | None = None) -> str:
+    """Directory name of a point from its varying values: ``num_classes=5__seed=0``."""
+    if not values:
+        return "base"
+    short = short or _short_names(list(values))
+    parts = []
+    for k, v in values.items():
+        sv = json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+        parts.append(f"{short[k]}={sv}")
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "-", "__".join(parts))
+
+
+def expand(spec: SweepSpec) -> list[Point]:
+    """The grid points in order (cartesian product, or zipped lists when ``product: false``)."""
+    keys = list(spec.grid)
+    if not keys:
+        return [Point({}, "base")]
+    combos = iproduct(*(spec.grid[k] for k in keys)) if spec.product else zip(*(spec.grid[k] for k in keys))
+    short = _short_names(keys)
+    pts = [Point(dict(zip(keys, c)), "") for c in combos]
+    for p in pts:
+        p.slug = slug_of(p.values, short)
+    if len({p.slug for p in pts}) != len(pts):
+        raise ConfigError("sweep spec key 'grid': two points map to the same directory (repeated values?)")
+    return pts
+
+
+def point_overrides(spec: SweepSpec, point: Point) -> list[str]:
+    extra = []
+    if spec.threads_per_process:
+        extra.append(f"train.threads={int(spec.threads_per_process)}")
+    return list(spec.overrides) + point.overrides + extra
+
+
+def point_config(spec: SweepSpec, point: Point) -> dict[str, Any]:
+    """The resolved config of a point (raises :class:`ConfigError` naming the bad key)."""
+    try:
+        return load_config(spec.base, point_overrides(spec, point))
+    except ConfigError as e:
+        raise ConfigError(f"sweep point {point.slug!r}: {e}") from None
+
+
+def point_status(run_dir: Path) -> str:
+    """``done`` (DONE marker), ``partial`` (checkpoint, no marker), ``stale`` (files, no checkpoint) or ``new``."""
+    if (run_dir / DONE).exists():
+        return "done"
+    ck = run_dir / "checkpoints"
+    if (ck / "last.pt").exists() or (ck / "last.prev.pt").exists():
+        return "partial"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "stale"
+    return "new"
+
+
+def _mark_done(run_dir: Path, point: Point, seconds: float) -> None:
+    (run_dir / DONE).write_text(json.dumps({"values": point.values, "seconds": round(seconds, 3),
+                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
+def run_point_inline(config_path: str, run_dir: str, resume: bool) -> float:
+    """Train one point in this process (also the function submitted to SLURM); returns seconds."""
+    from repalign.training import train
+
+    t0 = time.perf_counter()
+    cfg = load_config(Path(run_dir) / "config.yaml") if resume else load_config(config_path)
+    train(cfg, run_dir, resume=resume)
+    return time.perf_counter() - t0
+
+
+def _src_root() -> str:
+    import repalign
+
+    return str(Path(repalign.__file__).resolve().parents[1])
+
+
+def train_command(config_path: str | Path, run_dir: str | Path, resume: bool, python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "repalign", "train", str(config_path), "--run-dir", str(run_dir),
+            "--resume" if resume else "--overwrite"]
+
+
+def run_point_subprocess(config_path: str, run_dir: str, resume: bool, log_path: Path,
+                         threads: int | None = None) -> float:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _src_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    t0 = time.perf_counter()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        rc = subprocess.run(train_command(config_path, run_dir, resume), stdout=log, stderr=subprocess.STDOUT,
+                            env=env).returncode
+    if rc != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:]).strip()
+        raise RuntimeError(f"sweep point {Path(run_dir).name!r} failed (exit {rc}); see {log_path}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    summary: Path
+    ran: list[str]
+    skipped: list[str]
+    resumed: list[str]
+    submitted: list[str] = field(default_factory=list)
+
+
+def _state(spec: SweepSpec, points: Sequence[Point], out: Path) -> dict[str, Any]:
+    return {"spec": spec.to_dict(), "grid_keys": list(spec.grid),
+            "points": [{"slug": p.slug, "values": p.values, "done": point_status(out / "points" / p.slug) == "done"}
+                       for p in points]}
+
+
+def write_state(spec: SweepSpec, points: Sequence[Point], out: Path) -> None:
+    (out / "sweep.json").write_text(json.dumps(_state(spec, points, out), indent=2))
+
+
+def load_sweep_state(out: str | Path) -> dict[str, Any]:
+    p = Path(out) / "sweep.json"
+    return json.loads(p.read_text()) if p.exists() else {"spec": {}, "grid_keys": [], "points": []}
+
+
+def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
+    """Run every unfinished point of ``spec`` and (re)write ``OUT/summary.csv``.
+
+    Finished points (``DONE``) are skipped, partial ones resumed, stale ones restarted. Every point's
+    config is resolved before anything runs, so a bad grid value fails fast (one-line error).
+    ``dry_run``: write configs + sweep.json, print the commands, train nothing.
+    """
+    out = Path(spec.out)
+    points = expand(spec)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "points").mkdir(exist_ok=True)
+    cfg_paths: dict[str, Path] = {}
+    for p in points:
+        cfg = point_config(spec, p)
+        path = out / "configs" / f"{p.slug}.yaml"
+        text = dump_config(cfg)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        cfg_paths[p.slug] = path
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_state(spec, points, out)
+    todo, skipped, resumed = [], [], []
+    for p in points:
+        rd = out / "points" / p.slug
+        st = point_status(rd)
+        if st == "done":
+            skipped.append(p.slug)
+            continue
+        if st == "stale":
+            shutil.rmtree(rd)
+        if st == "partial":
+            resumed.append(p.slug)
+        todo.append((p, st == "partial"))
+    launcher = spec.launcher
+    if launcher == "auto":
+        launcher = "inline" if spec.processes == 1 else "local"
+    log(f"sweep {out}: {len(points)} points, {len(skipped)} done, {len(todo)} to run "
+        f"({len(resumed)} resumed) with launcher={launcher}" + (f", {spec.processes} processes" if launcher == "local" else ""))
+    if dry_run:
+        for p, res in todo:
+            log("  " + " ".join(train_command(cfg_paths[p.slug], out / "points" / p.slug, res, "python")))
+        return SweepResult(out, out / "summary.csv", [], skipped, resumed)
+    ran: list[str] = []
+    submitted: list[str] = []
+
+    def one(item: tuple[Point, bool]) -> str:
+        p, res = item
+        rd = out / "points" / p.slug
+        log(f"  {'resume' if res else 'run'} {p.slug}")
+        if launcher == "inline":
+            secs = run_point_inline(str(cfg_paths[p.slug]), str(rd), res)
+        else:
+            threads = spec.threads_per_process or max(1, (os.cpu_count() or 1) // spec.processes)
+            secs = run_point_subprocess(str(cfg_paths[p.slug]), str(rd), res, out / "logs" / f"{p.slug}.log", threads)
+        _mark_done(rd, p, secs)
+        log(f"  done {p.slug} ({secs:.1f} s)")
+        return p.slug
+
+    if launcher == "slurm":
+        submitted = submit_slurm(spec, [(p, res, cfg_paths[p.slug]) for p, res in todo], out, log)
+    elif launcher == "inline" or spec.processes == 1:
+        for item in todo:
+            ran.append(one(item))
+            write_state(spec, points, out)
+    else:
+        with ThreadPoolExecutor(spec.processes) as ex:
+            for slug in ex.map(one, todo):
+                ran.append(slug)
+        write_state(spec, points, out)
+    write_state(spec, points, out)
+    summary = write_summary(out, points, list(spec.grid))
+    return SweepResult(out, summary, ran, skipped, resumed, submitted)
+
+
+def submit_slurm(spec: SweepSpec, items: Sequence[tuple[Point, bool, Path]], out: Path,
+                 log: Callable[[str], None]) -> list[str]:
+    """Submit unfinished points as a SLURM job array through submitit (extra ``slurm``); returns job ids.
+    Re-run the sweep after the jobs finish to mark them done and aggregate (DONE is written by
+    :func:`_slurm_entry` on the compute node)."""
+    try:
+        import submitit
+    except ImportError as e:  # pragma: no cover - optional extra
+        raise ConfigError("sweep spec key 'launcher': slurm needs the extra `pip install repalign[slurm]` (submitit)") from e
+    ex = submitit.AutoExecutor(folder=str(out / "slurm"))  # pragma: no cover
+    ex.update_parameters(**spec.slurm)  # pragma: no cover
+    jobs = ex.map_array(_slurm_entry, [str(c) for _, _, c in items],  # pragma: no cover
+                        [str(out / "points" / p.slug) for p, _, _ in items], [r for _, r, _ in items],
+                        [p.values for p, _, _ in items])
+    ids = [j.job_id for j in jobs]  # pragma: no cover
+    log(f"submitted {len(ids)} SLURM jobs: {', '.join(ids)}")  # pragma: no cover
+    return ids  # pragma: no cover
+
+
+def _slurm_entry(config_path: str, run_dir: str, resume: bool, values: dict[str, Any]) -> float:  # pragma: no cover
+    secs = run_point_inline(config_path, run_dir, resume)
+    _mark_done(Path(run_dir), Point(values, Path(run_dir).name), secs)
+    return secs
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    if v is None:
+        return ""
+    return v
+
+
+def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """``align``/``eval``/``lossgap`` rows of every finished point, each with ``point`` and the grid values."""
+    from repalign.training.rundir import read_metrics
+
+    rows: list[dict[str, Any]] = []
+    for p in points:
+        rd = out / "points" / p.slug
+        if point_status(rd) != "done" or not (rd / "metrics.jsonl").exists():
+            continue
+        prow = sorted((r for r in read_metrics(rd / "metrics.jsonl") if r.get("kind") in SUMMARY_KINDS),
+                      key=lambda r: r.get("step", 0))
+        for r in prow:
+            rows.append({"point": p.slug, **{k: p.values.get(k) for k in grid_keys}, **r})
+    return rows
+
+
+def write_summary(out: str | Path, points: Sequence[Point] | None = None, grid_keys: Sequence[str] | None = None) -> Path:
+    """(Re)write ``OUT/summary.csv`` from the finished points; deterministic given the points' metrics."""
+    out = Path(out)
+    if points is None or grid_keys is None:
+        st = load_sweep_state(out)
+        grid_keys = st["grid_keys"]
+        points = [Point(dict(p["values"]), p["slug"]) for p in st["points"]]
+    rows = summary_rows(out, points, grid_keys)
+    rest = sorted({k for r in rows for k in r} - set(grid_keys) - set(FIRST_COLUMNS) - {"point"})
+    cols = ["point", *grid_keys, *FIRST_COLUMNS, *rest]
+    path = out / "summary.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in cols})
+    os.replace(tmp, path)
+    return path
+
+
+def read_summary(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``summary.csv`` with numbers parsed (empty cells → ``None``)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out.append({k: _parse_cell(v) for k, v in r.items()})
+    return out
+
+
+def _parse_cell(v: str) -> Any:
+    if v == "":
+        return None
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    if v in ("True", "False"):
+        return v == "True"
+    return v
+
+
+def point_rows(out: str | Path, slug: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    from repalign.training.rundir import read_metrics
+
+    p = Path(out) / "points" / slug / "metrics.jsonl"
+    ks = set(kinds) if kinds else None
+    return [r for r in read_metrics(p) if ks is None or r.get("kind") in ks]

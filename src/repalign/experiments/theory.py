@@ -1,0 +1,189 @@
+"""Theory overlays: the shape of the paper's main bound and the CKA lower bound.
+
+Main bound (arXiv 2510.08852, Thm 1; paper-notes §2.2), up to unknown constants::
+
+    ‖Σ^CL_T − Σ^NSCL_T‖_F ≲ e^{2/τ} / (τ C √B) · S_T · exp(S_T / (2 τ² B)),   S_T = Σ_{t<T} η_t
+
+computed in log space (``e^{2/τ}`` is 4.9e8 at τ = 0.1 and ``exp(S_T/(2τ²B))`` overflows double
+precision in realistic runs). Because the constants are unknown, the curve is only *normalised*
+to the measured similarity gap at the first evaluation after epoch 0 and the *trend* is compared.
+
+CKA lower bound (Cor. 1): ``CKA_T ≥ (1 − ρ_T)/(1 + ρ_T)`` with ρ the measured relative gap
+(``sim_gap_rel`` of the ``align`` rows); informative only when ρ < 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+THEORY_NOTE = ("The bound's constants are unknown (the paper states it up to O(·)); the curve is "
+               "normalised to the measured similarity gap at the first evaluation after epoch 0, so only "
+               "the trend over training (and across C, τ, B) is compared, not the values.")
+
+
+def log_bound_shape(S: np.ndarray | float, tau: float, num_classes: int, batch_size: int) -> np.ndarray:
+    """``log[(e^{2/τ}/(τ C √B)) · S · exp(S/(2τ²B))]`` elementwise; ``-inf`` where ``S = 0``.
+
+    Shapes: ``S`` any array of cumulative learning rates (≥ 0); returns the same shape.
+    """
+    if tau <= 0 or not math.isfinite(tau):
+        raise ValueError(f"tau must be > 0 and finite, got {tau!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    S = np.asarray(S, dtype=np.float64)
+    if np.any(S < 0) or not np.all(np.isfinite(S)):
+        raise ValueError("S (cumulative learning rate) must be finite and >= 0")
+    with np.errstate(divide="ignore"):
+        logS = np.log(S)
+    return (2.0 / tau - math.log(tau) - math.log(num_classes) - 0.5 * math.log(batch_size)
+            + logS + S / (2.0 * tau * tau * batch_size))
+
+
+def normalised_bound(log_b: np.ndarray, anchor_index: int, anchor_value: float) -> np.ndarray:
+    """``anchor_value · exp(log_b − log_b[anchor])`` (overflow → ``inf``, no warning)."""
+    log_b = np.asarray(log_b, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return anchor_value * np.exp(log_b - log_b[anchor_index])
+
+
+def cka_lower_bound(rho: np.ndarray | float) -> np.ndarray:
+    """``(1 − ρ)/(1 + ρ)`` (Cor. 1); vacuous (≤ 0) when ρ ≥ 1. ``ρ`` must be ≥ 0."""
+    rho = np.asarray(rho, dtype=np.float64)
+    if np.any(rho < 0):
+        raise ValueError("rho (relative similarity gap) must be >= 0")
+    return (1.0 - rho) / (1.0 + rho)
+
+
+def lr_per_step(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
+                arm: str | None = None) -> np.ndarray:
+    """Exact learning rate η_t of every optimiser step ``t = 0..T−1`` of an arm (default: the first).
+
+    Recomputed from the config as the trainer does: peak = ``scaled_lr(lr, B, lr_rule)``,
+    factor = ``warmup_cosine_factor(t, T, round(warmup_epochs · steps_per_epoch), final_fraction)``.
+    """
+    from repalign.config import resolve_arms
+    from repalign.training.optim import scaled_lr
+    from repalign.training.schedule import warmup_cosine_factor
+
+    arms = resolve_arms(cfg)
+    a = arms[0] if arm is None else next((x for x in arms if x.name == arm), None)
+    if a is None:
+        raise ValueError(f"arm {arm!r} not in the config (arms: {[x.name for x in arms]})")
+    B = int(cfg["train"]["batch_size"])
+    T = int(total_steps) if total_steps is not None else int(cfg["train"]["epochs"]) * int(steps_per_epoch)
+    if cfg["train"].get("max_steps"):
+        T = min(T, int(cfg["train"]["max_steps"]))
+    peak = scaled_lr(a.get("optim.lr"), B, a.get("optim.lr_rule"))
+    warm = int(round(a.get("optim.warmup_epochs") * steps_per_epoch))
+    fin = a.get("optim.final_lr_fraction")
+    return np.array([peak * warmup_cosine_factor(t, T, warm, fin) for t in range(T)], dtype=np.float64)
+
+
+def cumulative_lr(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
+                  arm: str | None = None) -> np.ndarray:
+    """``S[t] = Σ_{s<t} η_s`` for ``t = 0..T`` (``S[0] = 0``), shape ``[T + 1]``."""
+    eta = lr_per_step(cfg, steps_per_epoch, total_steps, arm)
+    return np.concatenate([[0.0], np.cumsum(eta)])
+
+
+def cumulative_lr_from_rows(train_rows: Sequence[Mapping[str, Any]], arm: str, steps: Sequence[int]) -> np.ndarray:
+    """Fallback when the config cannot be resolved: integrate the logged ``lr`` of ``train`` rows
+    piecewise-constant (a row's lr holds until the next logged row). Returns ``S`` at ``steps``."""
+    pts = sorted((int(r["step"]), float(r["lr"])) for r in train_rows if r.get("arm") == arm and "lr" in r)
+    if not pts:
+        raise ValueError(f"no train rows with lr for arm {arm!r}")
+    out = []
+    for s in steps:
+        total, prev_step, prev_lr = 0.0, 0, pts[0][1]
+        for st, lr in pts:
+            if st >= s:
+                break
+            total += prev_lr * (st - prev_step)
+            prev_step, prev_lr = st, lr
+        total += prev_lr * max(0, s - prev_step)
+        out.append(total)
+    return np.asarray(out)
+
+
+def _meta(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "meta.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+                pair: tuple[str, str] | None = None, split: str = "test", layer: str = "h") -> list[dict[str, Any]]:
+    """Measured similarity gap / CKA of one arm pair over training with both theory curves.
+
+    ``rows``: the run's metrics rows; ``cfg``: its resolved config; ``meta``: its ``meta.json``
+    (``steps_per_epoch``, ``total_steps``, ``num_classes``). Returns one dict per evaluation epoch:
+    ``epoch, step, S_T, sim_gap, sim_gap_rel, linear_cka, rsa, log_bound, bound_shape, cka_lower_bound,
+    tau, num_classes, batch_size, arm_a, arm_b, split, layer``.
+    """
+    rows = list(rows)
+    meta = dict(meta or {})
+    align = [r for r in rows if r.get("kind") == "align" and r.get("split") == split and r.get("layer", "h") == layer]
+    if pair is None:
+        if not align:
+            return []
+        pair = (align[0]["arm_a"], align[0]["arm_b"])
+        nscl = [r for r in align if r["arm_b"] == "nscl"]
+        if nscl:
+            pair = (nscl[0]["arm_a"], "nscl")
+    align = sorted((r for r in align if (r["arm_a"], r["arm_b"]) == tuple(pair)), key=lambda r: r["step"])
+    if not align:
+        return []
+    from repalign.config import resolve_arms
+
+    arm_a = next((a for a in resolve_arms(cfg) if a.name == pair[0]), None)
+    tau = float(arm_a.get("loss.temperature") if arm_a else cfg["loss"]["temperature"])
+    B = int(cfg["train"]["batch_size"])
+    C = int(meta.get("num_classes") or cfg["data"].get("num_classes") or 0)
+    if C < 1:
+        raise ValueError("num_classes unknown: meta.json has no num_classes and data.num_classes is not set")
+    steps = [int(r["step"]) for r in align]
+    spe = meta.get("steps_per_epoch")
+    S = None
+    if spe:
+        try:
+            S_all = cumulative_lr(cfg, int(spe), meta.get("total_steps"), arm=pair[0])
+            S = np.array([S_all[min(s, len(S_all) - 1)] for s in steps])
+        except ImportError:  # training package unavailable: integrate the logged lr instead
+            S = None
+    if S is None:
+        S = cumulative_lr_from_rows([r for r in rows if r.get("kind") == "train"], pair[0], steps)
+    logb = log_bound_shape(S, tau, C, B)
+    anchor = next((i for i, r in enumerate(align) if r["epoch"] > 0 and S[i] > 0), None)
+    if anchor is not None:
+        shape = normalised_bound(logb, anchor, float(align[anchor]["sim_gap"]))
+    else:
+        shape = np.full(len(align), np.nan)
+    out = []
+    for i, r in enumerate(align):
+        rho = float(r.get("sim_gap_rel", float("nan")))
+        out.append({
+            "epoch": r["epoch"], "step": r["step"], "arm_a": pair[0], "arm_b": pair[1], "split": split,
+            "layer": layer, "tau": tau, "num_classes": C, "batch_size": B, "S_T": float(S[i]),
+            "sim_gap": float(r["sim_gap"]), "sim_gap_rel": rho, "linear_cka": float(r["linear_cka"]),
+            "rsa": float(r.get("rsa", float("nan"))),
+            "log10_bound": float(logb[i] / math.log(10)) if np.isfinite(logb[i]) else float("-inf"),
+            "bound_shape": float(shape[i]) if S[i] > 0 else 0.0,
+            "cka_lower_bound": float(cka_lower_bound(rho)) if math.isfinite(rho) and rho >= 0 else float("nan"),
+        })
+    return out
+
+
+def run_theory_rows(run_dir: str | Path, **kw: Any) -> list[dict[str, Any]]:
+    """:func:`theory_rows` of a run directory (reads config.yaml, meta.json, metrics.jsonl)."""
+    import yaml
+
+    from repalign.training.rundir import read_metrics
+
+    d = Path(run_dir)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    return theory_rows(list(read_metrics(d / "metrics.jsonl")), cfg, _meta(d), **kw)

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny coupled-run configs on sklearn's digits (fast on CPU)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_overrides(**extra: object) -> list[str]:
+    """key=value overrides for a seconds-long coupled run on digits with small_cnn."""
+    base = {
+        "data.source": "digits", "data.max_per_class": 16, "data.test_max_per_class": 8,
+        "data.augment": "simclr_gray", "model.encoder": "small_cnn", "model.width": 4,
+        "model.projector_hidden": 16, "model.projector_out": 8, "train.epochs": 2, "train.batch_size": 32,
+        "train.log_every": 1, "train.device": "cpu", "logging.progress": False, "optim.lr": 0.5,
+        "optim.warmup_epochs": 0, "eval.max_train": 64, "eval.max_test": 40, "eval.batch_size": 64,
+        "eval.knn_k": 5,
+    }
+    base.update(extra)
+    out = []
+    for k, v in base.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append(f"{k}={v}")
+    return out
+
+
+@pytest.fixture
+def tiny_cfg():
+    from repalign.config import load_config
+
+    def make(**extra):
+        return load_config(None, tiny_overrides(**extra))
+
+    return make
