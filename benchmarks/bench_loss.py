@@ -107,13 +107,14 @@ def child(name: str) -> dict:
         method = "VmHWM-after-clear_refs"
     except OSError:
         method = "ru_maxrss"
-    times = []
+    times, cpu_times = [], []
     for it in range(warmup + reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if it >= warmup:
             times.append(dt)
+            cpu_times.append(dc)
     peak_kib = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "name": name,
@@ -122,6 +123,7 @@ def child(name: str) -> dict:
         "reps": reps,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "median_cpu_s": statistics.median(cpu_times),
         "peak_extra_mib": (peak_kib - base_kib) / 1024,
         "mem_method": method,
         "loss": loss,
@@ -178,22 +180,25 @@ def main() -> None:
         "- time: median (min) over the timed reps after warm-up (repalign: 2 warm-up + 20 timed; naive: "
         "0 + 2), each variant in a fresh subprocess",
         f"- load average at the end of the run: {os.getloadavg()[0]:.1f} (other jobs shared the 2 cores, "
-        "so absolute times are noisy; min is the less-disturbed figure)",
+        "so absolute times are noisy; wall min and process CPU time (`time.process_time`, summed over "
+        "threads) are the less-disturbed figures)",
         "- peak extra memory: VmHWM − VmRSS(before the first pass), peak counter reset via "
         "`/proc/self/clear_refs` (method: " + res["ours_ntxent"]["mem_method"] + ")",
         "",
-        "| objective | implementation | reps | median ms (min) | peak extra MiB | speed-up (median / min) | memory ratio | loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objective | implementation | reps | wall ms: median (min) | CPU ms: median | peak extra MiB "
+        "| speed-up: wall median / wall min / CPU | memory ratio | loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for obj in ("ntxent", "dcl"):
         ours, naive = res[f"ours_{obj}"], res[f"naive_{obj}"]
         for r in (ours, naive):
             speed = naive["median_s"] / r["median_s"]
             speed_min = naive["min_s"] / r["min_s"]
+            speed_cpu = naive["median_cpu_s"] / r["median_cpu_s"]
             memr = naive["peak_extra_mib"] / max(r["peak_extra_mib"], 1e-9)
             lines.append(
-                f"| {obj} | {r['impl']} | {r['reps']} | {1e3 * r['median_s']:.1f} ({1e3 * r['min_s']:.1f}) | "
-                f"{r['peak_extra_mib']:.1f} | {speed:.0f}× / {speed_min:.0f}× | {memr:.0f}× | {r['loss']:.6f} |"
+                f"| {obj} | {r['impl']} | {r['reps']} | {1e3 * r['median_s']:.1f} ({1e3 * r['min_s']:.1f}) | {1e3 * r['median_cpu_s']:.0f} | "
+                f"{r['peak_extra_mib']:.1f} | {speed:.0f}× / {speed_min:.0f}× / {speed_cpu:.0f}× | {memr:.0f}× | {r['loss']:.6f} |"
             )
         if abs(ours["loss"] - naive["loss"]) > 1e-3:
             lines.append(f"\n**WARNING**: {obj} losses differ: {ours['loss']} vs {naive['loss']}")

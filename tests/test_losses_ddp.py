@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from repalign import distributed as rdist
 from repalign.losses import ContrastiveLoss, contrastive_loss
 
 pytestmark = pytest.mark.ddp
@@ -53,10 +52,9 @@ def _global_batch(K, B, d, C, seed):
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    assert rdist.init_from_env(backend="gloo", timeout_s=30) and rdist.world_size() == world
     try:
         results = {}
         for n, (name, obj, ip, K, B, d, C) in enumerate(CASES):
@@ -66,7 +64,7 @@ def _worker(rank, world, port, out_dir):
             y_local = None if labels is None else labels[rank * bl : (rank + 1) * bl]
             loss = ContrastiveLoss(obj, TAU, include_positive=ip)(z_local, y_local)
             loss.backward()
-            results[name] = (loss.detach(), z_local.grad)
+            results[name] = (loss.detach(), z_local.grad, rdist.all_reduce_mean(loss.detach()))
         # unequal local batch sizes must fail on every rank (not hang)
         try:
             ContrastiveLoss("dcl", TAU)(torch.randn(2, 2 + rank, 3))
@@ -114,6 +112,8 @@ def test_ddp_matches_single_process(ddp_results, case):
     losses = torch.stack([ddp_results[r][name][0] for r in range(WORLD)])
     grads = torch.cat([ddp_results[r][name][1] for r in range(WORLD)], dim=1)
     assert torch.allclose(losses.mean(), ref.detach(), rtol=0, atol=1e-6), (losses, ref)
+    for r in range(WORLD):  # repalign.distributed.all_reduce_mean gives the same on every rank
+        assert torch.allclose(ddp_results[r][name][2], ref.detach(), rtol=0, atol=1e-6)
     # DDP averages gradients over ranks: emulate it by dividing the all_gather-summed grad by WORLD
     assert torch.allclose(grads / WORLD, z.grad, rtol=0, atol=1e-6)
     assert torch.isfinite(grads).all()

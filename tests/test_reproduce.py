@@ -44,6 +44,8 @@ def test_reproduce_tiny(fig, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert len(re.findall(r"<img\b", html)) == len(pngs)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    if fig != "fig1":
+        return
     # re-running reuses every finished run (nothing trains) and writes the same CSV
     before = (out / f"{fig}.csv").read_text()
     capsys.readouterr()

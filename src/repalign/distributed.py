@@ -6,7 +6,9 @@ gather functions return their input unchanged.
 """
 from __future__ import annotations
 
+import os
 import warnings
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,37 @@ def rank() -> int:
 def world_size() -> int:
     """Number of processes in the default group (1 when not distributed)."""
     return dist.get_world_size() if is_dist() else 1
+
+
+def local_rank() -> int:
+    """Rank of this process on its node: ``$LOCAL_RANK`` (set by torchrun), else 0."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ValueError(f"environment variable LOCAL_RANK must be an int, got {os.environ['LOCAL_RANK']!r}") from None
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+    """Initialise the default process group from torchrun-style environment variables.
+
+    Does nothing (returns ``is_dist()``) when a group already exists or when ``$WORLD_SIZE`` is unset
+    or 1. Otherwise calls ``init_process_group(backend, init_method="env://")`` using
+    ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``; ``backend`` defaults to "nccl" when CUDA
+    is available (and then selects ``cuda:LOCAL_RANK``), else "gloo". Returns ``True`` iff distributed.
+    """
+    if is_dist():
+        return True
+    ws = os.environ.get("WORLD_SIZE")
+    if ws is None or int(ws) <= 1:
+        return False
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE={ws} but torch.distributed is not available in this torch build")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    return True
 
 
 def _check_dim(x: torch.Tensor, dim: int) -> int:
@@ -110,3 +143,14 @@ def init_from_env(backend: str | None = None) -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
     return True
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (no autograd; returns a new tensor). Returns ``x`` when not distributed."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not is_dist() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / world_size()

@@ -204,7 +204,7 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
 
 
 def plans_fig4(scale: str) -> list[SweepPlan]:
-    taus = [0.1, 0.5, 1.0]
+    taus = [0.1, 0.5, 1.0] if scale != "tiny" else [0.1, 1.0]
     if scale == "paper":
         return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 2, 300)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
@@ -223,7 +223,8 @@ def plans_fig5(scale: str) -> list[SweepPlan]:
     ep = ["train.epochs=6", "eval.every=2"] if scale == "cpu" else []
     return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_PAIR}"],
                                                     {"train.batch_size": bs, "optim.lr_rule": rules if scale == "cpu"
-                                                     else ["linear", "sqrt"], "seed": SEEDS[scale]}))]
+                                                     else ["linear", "sqrt"], "seed": SEEDS[scale] if scale == "cpu"
+                                                     else [0]}))]
 
 
 def plans_weights(scale: str) -> list[SweepPlan]:
@@ -385,7 +386,7 @@ def _theory_figs(ctx: Context, th: list[dict[str, Any]], group_key: str, name: s
     ctx.save(plots.plot_theory(th, group_key=group_key), name,
              f"Theory overlay per {group_key}: measured CL–NSCL similarity gap vs the main bound's shape "
              "(normalised at the first evaluation after epoch 0), and measured CKA vs (1 − ρ)/(1 + ρ). " + THEORY_NOTE)
-    ctx.write_csv(name, th, THEORY_COLS + (["lr_rule"] if group_key == "lr_rule" else []))
+    ctx.write_csv(name, th, THEORY_COLS + (["lr_rule"] if any("lr_rule" in t for t in th) else []))
     ctx.notes.append(THEORY_NOTE)
 
 

@@ -240,8 +240,8 @@ def contrastive_per_anchor(
         # discarded by the torch.where below. (logsumexp of an all -inf row is -inf with a NaN local
         # gradient, which today only masked_fill's backward happens to erase; don't rely on that.)
         safe_den = den | ~nonempty_s[:, None]
-        lse = torch.logsumexp(sim4.masked_fill_(~safe_den[None, :, None, :], float("-inf")), dim=(2, 3))
-        lse = lse.reshape(K * Ba)
+        sim4.masked_fill_(~safe_den[None, :, None, :], float("-inf"))  # in place: mm saves no output
+        lse = torch.logsumexp(sim, dim=1)  # [K*Ba]; row r of sim = (l1, i) block of sim4
         nonempty = nonempty_s.repeat(K)  # [K*Ba]
 
     if obj == "supcon":

@@ -64,74 +64,75 @@ class _Side:
     Transform (``mode``): ``center``: ``z̃ = x − shift`` (``shift`` = the first chunk's column
     mean unless given: CKA is translation invariant and the shift keeps the final exact centring
     well conditioned); ``cosine``: unit rows (zero rows stay zero); ``correlation``: rows centred
-    over their features, then unit norm. Moments: ``n``, ``s = Σz̃_i``, ``S = Σz̃_i z̃_iᵀ`` (d×d;
-    upper triangle only on the CPU BLAS path), ``tp = Σp_i``, ``tpp = Σp_i²``, ``vp = Σp_i z̃_i``
-    with ``p_i = ‖z̃_i‖²``, plus running column min/max of the raw rows, which give both the NaN/inf
-    check (min/max propagate them) and the exact "all rows identical" test without extra passes.
+    over their features, then unit norm.
+
+    Each chunk is written into an *augmented* float64 buffer ``A = [z̃, 1, p, q_1 … q_k]``
+    (``p_i = ‖z̃_i‖²``, ``q_j`` = the ``p`` of the j-th partner side) and a single BLAS ``dsyrk``
+    accumulates ``AᵀA``, which holds ``S = Σz̃z̃ᵀ``, ``s = Σz̃``, ``vp = Σp z̃``, ``vq_j = Σq_j z̃``,
+    ``n``, ``Σp``, ``Σp²`` and ``Σp q_j`` at once (no extra passes over the chunk). Finiteness is
+    checked on ``p`` (NaN/inf propagate into it); "all raw rows identical" is tracked exactly by
+    comparing chunks with the first row until the first difference.
     """
 
-    def __init__(self, d: int, device: torch.device, mode: str, name: str = "X",
-                 shift: torch.Tensor | None = None) -> None:
+    def __init__(self, d: int, device: torch.device, mode: str, name: str = "X", k: int = 1) -> None:
         if mode not in ("center", "cosine", "correlation"):
             raise ValueError(f"unknown transform {mode!r}")
-        self.d, self.device, self.mode, self.name, self.shift = int(d), device, mode, name, shift
+        self.d, self.device, self.mode, self.name, self.k = int(d), device, mode, name, int(k)
+        self.w = self.d + 2 + self.k
         self.n = 0
+        self.shift: torch.Tensor | None = None
         self.blas = device.type == "cpu" and _sblas is not None
-        self.S: Any = np.zeros((d, d), order="F") if self.blas else torch.zeros(d, d, dtype=_F64, device=device)
-        self.s = torch.zeros(d, dtype=_F64, device=device)
-        self.vp = torch.zeros(d, dtype=_F64, device=device)
-        self.tp = torch.zeros((), dtype=_F64, device=device)
-        self.tpp = torch.zeros((), dtype=_F64, device=device)
-        self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
+        self.S: Any = (np.zeros((self.w, self.w), order="F") if self.blas
+                       else torch.zeros(self.w, self.w, dtype=_F64, device=device))
+        self.first: torch.Tensor | None = None
+        self.constant = True
         self._buf: torch.Tensor | None = None
+        self._c = 0
 
-    @property
-    def constant(self) -> bool:
-        """All raw rows seen so far are identical (exact)."""
-        return self.lo is None or bool((self.lo == self.hi).all())
-
-    def prepare(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check and transform a raw chunk ``[c, d]`` → (float64 ``z̃ [c, d]``, ``p [c]``). ``z̃`` lives
-        in a buffer reused by the next call."""
-        lo, hi = torch.aminmax(raw, dim=0)
-        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
-            raise ValueError(f"{self.name} contains NaN or inf values")
-        if self.lo is None:
-            self.lo, self.hi = lo.clone(), hi.clone()
-        else:
-            torch.minimum(self.lo, lo, out=self.lo)
-            torch.maximum(self.hi, hi, out=self.hi)
+    def prepare(self, raw: torch.Tensor) -> torch.Tensor:
+        """Check and transform a raw chunk ``[c, d]`` into the buffer; returns ``p [c]``."""
         c = raw.shape[0]
+        if self.first is None:
+            self.first = raw[:1].clone()
+        if self.constant:
+            self.constant = bool((raw == self.first).all())
         if self._buf is None or self._buf.shape[0] < c:
-            self._buf = torch.empty(c, self.d, dtype=_F64, device=self.device)
-        z = self._buf[:c]
+            self._buf = torch.empty(c, self.w, dtype=_F64, device=self.device)
+        self._c = c
+        A = self._buf[:c]
+        z = A[:, :self.d]
+        z.copy_(raw)
         if self.mode == "center":
             if self.shift is None:
-                self.shift = raw.mean(dim=0, dtype=_F64)
-            torch.sub(raw, self.shift, out=z)
+                self.shift = z.mean(dim=0)
+            z.sub_(self.shift)
         else:
-            z.copy_(raw)
             if self.mode == "correlation":
                 z.sub_(z.mean(dim=1, keepdim=True))
             nrm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
             z.div_(torch.where(nrm > 0, nrm, torch.ones_like(nrm)))
         p = torch.linalg.vector_norm(z, dim=1).square_()
-        return z, p
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{self.name} contains NaN or inf values (or entries too large to square in float64)")
+        A[:, self.d] = 1.0
+        A[:, self.d + 1] = p
+        return p
 
-    def accumulate(self, z: torch.Tensor, p: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
-        """Add the prepared rows; returns ``z̃ᵀ[q_1 … q_k]`` (d × k) for the partners' ``q = p``."""
+    def set_partners(self, qs: list[torch.Tensor]) -> None:
+        for j, q in enumerate(qs):
+            self._buf[:self._c, self.d + 2 + j] = q
+
+    @property
+    def chunk(self) -> torch.Tensor:
+        return self._buf[:self._c]
+
+    def accumulate(self) -> None:
+        A = self.chunk
         if self.blas:
-            self.S = _sblas.dsyrk(1.0, z.numpy().T, beta=1.0, c=self.S, trans=0, lower=0, overwrite_c=1)
+            self.S = _sblas.dsyrk(1.0, A.numpy().T, beta=1.0, c=self.S, trans=0, lower=0, overwrite_c=1)
         else:
-            self.S.addmm_(z.T, z)
-        G = z.T @ torch.stack([torch.ones_like(p), p, *others], dim=1)
-        self.s += G[:, 0]
-        self.vp += G[:, 1]
-        self.tp += p.sum()
-        self.tpp += p @ p
-        self.n += z.shape[0]
-        return G[:, 2:]
+            self.S.addmm_(A.T, A)
+        self.n += self._c
 
     def full(self) -> torch.Tensor:
         if self.blas:
@@ -141,37 +142,36 @@ class _Side:
 
 
 class _Cross:
-    """``Sxy = Σ x̃_i ỹ_iᵀ``, ``tpq = Σ p_i q_i``, ``vpy = Σ p_i ỹ_i``, ``vqx = Σ q_i x̃_i``."""
+    """``Σ A_x,iᵀ A_y,i`` of the augmented chunks; its ``[:d1, :d2]`` block is ``Sxy = Σ x̃_i ỹ_iᵀ``."""
 
-    def __init__(self, d1: int, d2: int, device: torch.device) -> None:
-        self.blas = device.type == "cpu" and _sblas is not None
-        self.S: Any = np.zeros((d1, d2), order="F") if self.blas else torch.zeros(d1, d2, dtype=_F64, device=device)
-        self.tpq = torch.zeros((), dtype=_F64, device=device)
-        self.vpy = torch.zeros(d2, dtype=_F64, device=device)
-        self.vqx = torch.zeros(d1, dtype=_F64, device=device)
+    def __init__(self, sx: _Side, sy: _Side) -> None:
+        self.d1, self.d2 = sx.d, sy.d
+        self.blas = sx.blas
+        self.S: Any = (np.zeros((sx.w, sy.w), order="F") if self.blas
+                       else torch.zeros(sx.w, sy.w, dtype=_F64, device=sx.device))
 
-    def update(self, zx: torch.Tensor, px: torch.Tensor, zy: torch.Tensor, py: torch.Tensor,
-               vqx: torch.Tensor, vpy: torch.Tensor) -> None:
+    def update(self, sx: _Side, sy: _Side) -> None:
+        a, b = sx.chunk, sy.chunk
         if self.blas:
-            self.S = _sblas.dgemm(1.0, zx.numpy().T, zy.numpy().T, beta=1.0, c=self.S, trans_b=1, overwrite_c=1)
+            self.S = _sblas.dgemm(1.0, a.numpy().T, b.numpy().T, beta=1.0, c=self.S, trans_b=1, overwrite_c=1)
         else:
-            self.S.addmm_(zx.T, zy)
-        self.tpq += px @ py
-        self.vqx += vqx
-        self.vpy += vpy
+            self.S.addmm_(a.T, b)
 
     def full(self) -> torch.Tensor:
-        return torch.from_numpy(self.S) if self.blas else self.S
+        S = torch.from_numpy(self.S) if self.blas else self.S
+        return S[:self.d1, :self.d2]
 
 
 def _feed(sx: _Side, sy: _Side, cr: _Cross, X: torch.Tensor, Y: torch.Tensor, rows: int) -> None:
     """Stream the row chunks of X, Y through one pair of sides and their cross moments."""
     for a, b in row_chunks(X.shape[0], rows):
-        zx, px = sx.prepare(X[a:b])
-        zy, py = sy.prepare(Y[a:b])
-        qx = sx.accumulate(zx, px, [py])
-        qy = sy.accumulate(zy, py, [px])
-        cr.update(zx, px, zy, py, qx[:, 0], qy[:, 0])
+        px = sx.prepare(X[a:b])
+        py = sy.prepare(Y[a:b])
+        sx.set_partners([py])
+        sy.set_partners([px])
+        sx.accumulate()
+        sy.accumulate()
+        cr.update(sx, sy)
 
 
 def _sq(t: torch.Tensor) -> float:
@@ -180,36 +180,41 @@ def _sq(t: torch.Tensor) -> float:
 
 def _side_stats(m: _Side, uncentred: bool) -> dict[str, Any]:
     """Scalars of one side. Centred quantities use ``c_i = z̃_i − mean`` (exact, via the moments)."""
-    n = m.n
-    S = m.full()
-    mu = m.s / n
+    F = m.full()
+    d, n = m.d, m.n
+    S, s, vp = F[:d, :d], F[:d, d], F[:d, d + 1]
+    tp, tpp = float(F[d, d + 1]), float(F[d + 1, d + 1])
+    mu = s / n
     M = float(mu @ mu)
-    tp, tpp = float(m.tp), float(m.tpp)
     C = S - n * torch.outer(mu, mu)
     st = {
         "n": n, "mu": mu, "M": M, "tp": tp, "constant": m.constant,
+        "vq": F[:d, d + 2:], "tpq": F[d + 1, d + 2:],
         "c": _sq(C),                                   # ‖C_cᵀC_c‖_F²
         "a": tp - n * M,                               # Σ‖c_i‖²
         # Σ‖c_i‖⁴ with ‖c_i‖² = p_i − 2 z̃_i·μ + M
-        "aa": tpp - 4 * float(m.vp @ mu) + 4 * float(mu @ (S @ mu)) + 2 * M * tp - 3 * n * M * M,
+        "aa": tpp - 4 * float(vp @ mu) + 4 * float(mu @ (S @ mu)) + 2 * M * tp - 3 * n * M * M,
     }
     if uncentred:
-        st.update(g=_sq(S), s2=float(m.s @ m.s), t=tp, tt=tpp)
+        st.update(g=_sq(S), s2=float(s @ s), t=tp, tt=tpp)
     return st
 
 
-def _cross_stats(sx: dict, sy: dict, c: _Cross, uncentred: bool) -> dict[str, float]:
+def _cross_stats(sx: dict, sy: dict, c: _Cross, uncentred: bool, i: int = 0, j: int = 0) -> dict[str, float]:
+    """Cross scalars of x-side (partner index ``j`` of y in x's buffer) and y-side (index ``i``)."""
     n = sx["n"]
     Sxy = c.full()
     mu, nu = sx["mu"], sy["mu"]
+    tpq = float(sx["tpq"][j])
+    vqx, vpy = sx["vq"][:, j], sy["vq"][:, i]   # Σ q_i x̃_i, Σ p_i ỹ_i
     Cxy = Sxy - n * torch.outer(mu, nu)
     st = {
         "c": _sq(Cxy),
-        "a": float(c.tpq) - 2 * float(c.vpy @ nu) - 2 * float(c.vqx @ mu) + 4 * float(mu @ (Sxy @ nu))
+        "a": tpq - 2 * float(vpy @ nu) - 2 * float(vqx @ mu) + 4 * float(mu @ (Sxy @ nu))
         + sy["M"] * sx["tp"] + sx["M"] * sy["tp"] - 3 * n * sx["M"] * sy["M"],
     }
     if uncentred:
-        st.update(g=_sq(Sxy), t=float(c.tpq))
+        st.update(g=_sq(Sxy), t=tpq)
     return st
 
 
@@ -217,7 +222,7 @@ def _accumulate(X: torch.Tensor, Y: torch.Tensor, mode: str, chunk_size: int | N
     """One pass over row chunks of X, Y → (stats_x, stats_y, stats_xy). Also validates finiteness."""
     rows = default_chunk_rows(max(X.shape[1], Y.shape[1]), chunk_size)
     sx, sy = _Side(X.shape[1], X.device, mode, "X"), _Side(Y.shape[1], Y.device, mode, "Y")
-    cr = _Cross(X.shape[1], Y.shape[1], X.device)
+    cr = _Cross(sx, sy)
     _feed(sx, sy, cr, X, Y, rows)
     unc = mode != "center"
     a, b = _side_stats(sx, unc), _side_stats(sy, unc)
@@ -459,7 +464,7 @@ class StreamingLinearCKA:
         if self._sx is None:
             self._sx = _Side(X.shape[1], X.device, "center", "X")
             self._sy = _Side(Y.shape[1], Y.device, "center", "Y")
-            self._cr = _Cross(X.shape[1], Y.shape[1], X.device)
+            self._cr = _Cross(self._sx, self._sy)
         elif X.shape[1] != self._sx.d or Y.shape[1] != self._sy.d:
             raise ValueError(f"feature dimensions changed between updates: expected X [*, {self._sx.d}] and "
                              f"Y [*, {self._sy.d}], got {tuple(X.shape)} and {tuple(Y.shape)}")

@@ -191,7 +191,7 @@ def layerwise_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
         sb = [_side_stats(m, False) for m in state["mb"]]
         for i in range(na):
             for j in range(nb):
-                xy = _cross_stats(sa[i], sb[j], state["cr"][i][j], False)
+                xy = _cross_stats(sa[i], sb[j], state["cr"][i][j], False, i, j)
                 M[i, j] = _cka_from_stats(sa[i], sb[j], xy, debiased)
     else:
         for i in range(na):
@@ -211,19 +211,23 @@ def _exact_update(st: dict, fa: list[torch.Tensor], fb: list[torch.Tensor], ba, 
                                  f"estimator needs d×d float64 moments; use pool='avg', estimator='minibatch' "
                                  f"or raise max_dim")
         dev = fa[0].device
-        st["ma"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_a") for (n, _), f in zip(ba, fa)]
-        st["mb"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_b") for (n, _), f in zip(bb, fb)]
-        st["cr"] = [[_Cross(x.shape[1], y.shape[1], dev) for y in fb] for x in fa]
+        na, nb = len(fa), len(fb)
+        st["ma"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_a", k=nb) for (n, _), f in zip(ba, fa)]
+        st["mb"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_b", k=na) for (n, _), f in zip(bb, fb)]
+        st["cr"] = [[_Cross(x, y) for y in st["mb"]] for x in st["ma"]]
     elif [f.shape[1] for f in fa] != [m.d for m in st["ma"]] or [f.shape[1] for f in fb] != [m.d for m in st["mb"]]:
         raise ValueError("block feature widths changed between batches (variable input size with pool='flatten'?)")
-    prep_a = [m.prepare(f) for m, f in zip(st["ma"], fa)]
-    prep_b = [m.prepare(f) for m, f in zip(st["mb"], fb)]
-    pa, pb = [p for _, p in prep_a], [p for _, p in prep_b]
-    qa = [m.accumulate(z, p, pb) for m, (z, p) in zip(st["ma"], prep_a)]  # [d_i, n_b]
-    qb = [m.accumulate(z, p, pa) for m, (z, p) in zip(st["mb"], prep_b)]  # [d_j, n_a]
-    for i, (zx, px) in enumerate(prep_a):
-        for j, (zy, py) in enumerate(prep_b):
-            st["cr"][i][j].update(zx, px, zy, py, qa[i][:, j], qb[j][:, i])
+    pa = [m.prepare(f) for m, f in zip(st["ma"], fa)]
+    pb = [m.prepare(f) for m, f in zip(st["mb"], fb)]
+    for m in st["ma"]:
+        m.set_partners(pb)
+        m.accumulate()
+    for m in st["mb"]:
+        m.set_partners(pa)
+        m.accumulate()
+    for i, x in enumerate(st["ma"]):
+        for j, y in enumerate(st["mb"]):
+            st["cr"][i][j].update(x, y)
     st["n"] += fa[0].shape[0]
     st["batches"] += 1
 
