@@ -156,7 +156,7 @@ def run_one(spec: dict, timeout: float) -> dict:
 
 
 def plan(quick: bool) -> list[dict]:
-    grid = [(2000, 64), (2000, 256)] if quick else [(10_000, 512), (10_000, 2048), (50_000, 512), (50_000, 2048)]
+    grid = [(2000, 128)] if quick else [(10_000, 512), (10_000, 2048), (50_000, 512), (50_000, 2048)]
     specs = []
     for n, d in grid:
         rep = 3 if n * d * d <= 10_000 * 2048 * 2048 else 2

@@ -39,7 +39,7 @@ def test_defaults_and_overrides():
 def test_bundled_configs_validate():
     from pathlib import Path
     root = Path(__file__).resolve().parents[1] / "configs"
-    files = sorted(root.rglob("*.yaml"))
+    files = sorted(root.glob("*.yaml")) + sorted(root.glob("arms/*.yaml"))  # sweeps/ hold sweep specs
     assert any(f.name == "demo.yaml" for f in files)
     for f in files:
         cfg = load_config(f)

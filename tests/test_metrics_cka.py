@@ -65,6 +65,14 @@ def t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+@pytest.fixture(params=[0, 12, 10**9], ids=["scipy-blas", "mixed", "torch-mm"])
+def blas_threshold(request, monkeypatch):
+    """Exercise both accumulation back-ends (scipy dsyrk/dgemm and torch matmul) on small inputs."""
+    import importlib
+    monkeypatch.setattr(importlib.import_module("repalign.metrics.cka"), "_BLAS_MIN_DIM", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def kornblith_demo():
     np.random.seed(1337)
@@ -87,7 +95,7 @@ def test_published_demo_values(kornblith_demo):
 
 @pytest.mark.parametrize("shape", [(60, 7, 11), (40, 90, 3), (5, 2, 3)])
 @pytest.mark.parametrize("method", ["features", "gram", "auto"])
-def test_feature_space_equals_gram_form(shape, method):
+def test_feature_space_equals_gram_form(shape, method, blas_threshold):
     n, d1, d2 = shape
     rng = np.random.default_rng(n + d1)
     X = rng.standard_normal((n, d1)) * rng.uniform(0.1, 5, d1) + 3.0
@@ -101,7 +109,7 @@ def test_feature_space_equals_gram_form(shape, method):
         assert linear_cka(t(X).float(), t(Y).float(), deb, method=method) == pytest.approx(ref, abs=1e-6)
 
 
-def test_large_offset_is_handled_exactly():
+def test_large_offset_is_handled_exactly(blas_threshold):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((500, 8)) + 1e6
     Y = rng.standard_normal((500, 5)) + X[:, :5] - 1e6
@@ -125,7 +133,7 @@ def test_rbf_cka_matches_reference(rbf_sigma):
         assert rbf_cka(t(X), t(Y), rbf_sigma, deb) == pytest.approx(ref, abs=1e-10)
 
 
-def test_streaming_exact_equals_one_shot():
+def test_streaming_exact_equals_one_shot(blas_threshold):
     rng = np.random.default_rng(11)
     X = rng.standard_normal((333, 12)).astype(np.float32) * 4 + 2
     Y = np.maximum(X @ rng.standard_normal((12, 20)).astype(np.float32), 0)

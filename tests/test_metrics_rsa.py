@@ -49,6 +49,13 @@ def naive_angle(X, Y, centred=True):
     return math.degrees(math.acos(min(1.0, c)))
 
 
+@pytest.fixture(params=[0, 10**9], ids=["scipy-blas", "torch-mm"])
+def blas_threshold(request, monkeypatch):
+    import importlib
+    monkeypatch.setattr(importlib.import_module("repalign.metrics.cka"), "_BLAS_MIN_DIM", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -69,6 +76,12 @@ def test_rsa_matches_naive(data, rdm, corr):
         assert float(r) == r.value
     # float32 inputs agree to 1e-6
     assert rsa(t(X).float(), t(Y).float(), rdm, corr).value == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("rdm", ["cosine", "correlation"])
+def test_rsa_pearson_feature_backends(data, rdm, blas_threshold):
+    X, Y = data
+    assert rsa(t(X), t(Y), rdm, chunk_size=40).value == pytest.approx(naive_rsa(X, Y, rdm, "pearson"), abs=1e-10)
 
 
 @pytest.mark.parametrize("rdm", ["cosine", "correlation"])
@@ -143,7 +156,7 @@ def test_rsa_degenerate_rdms():
 # similarity gap / angle
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["features", "gram"])
-def test_similarity_gap_matches_naive(data, method):
+def test_similarity_gap_matches_naive(data, method, blas_threshold):
     X, Y = data
     Y = Y.copy()
     Y[3] = 0.0  # a zero row: cosine 0 with everything including itself
@@ -180,7 +193,7 @@ def test_representation_angle(data):
     assert representation_angle(C, torch.randn(20, 3)) == 90.0 and representation_angle(C, 2 * C) == 0.0
 
 
-def test_representation_metrics_consistent(data):
+def test_representation_metrics_consistent(data, blas_threshold):
     X, Y = t(data[0]), t(data[1])
     m = representation_metrics(X, Y)
     gap = similarity_gap(X, Y)

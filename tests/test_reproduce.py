@@ -36,6 +36,8 @@ def test_reproduce_tiny(fig, tmp_path, capsys):
             rows = list(r)
             assert cols <= set(r.fieldnames), (name, cols - set(r.fieldnames))
             assert rows, name
+            for c in cols & {"num_classes", "tau", "batch_size", "lr_rule", "seed"}:
+                assert all(r[c] != "" for r in rows), (name, c)
     if "seed" in EXPECT[fig][fig]:
         assert {r["seed"] for r in rows} >= {"0", "1"} or name != fig
     man = json.loads((out / "reproduce.json").read_text())

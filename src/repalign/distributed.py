@@ -110,41 +110,6 @@ def gather_no_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def local_rank() -> int:
-    """``LOCAL_RANK`` from the environment (set by torchrun); 0 otherwise."""
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (no autograd); ``x`` itself when not distributed."""
-    if not is_dist() or world_size() == 1:
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / world_size()
-
-
-def init_from_env(backend: str | None = None) -> bool:
-    """Initialise the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
-
-    Backend: NCCL when CUDA is available, else gloo. Returns whether a group is initialised.
-    """
-    import os
-
-    if is_dist():
-        return True
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or not dist.is_available():
-        return False
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
-    return True
-
-
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (no autograd; returns a new tensor). Returns ``x`` when not distributed."""
     if not isinstance(x, torch.Tensor):

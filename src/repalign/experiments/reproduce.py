@@ -78,6 +78,7 @@ class SweepPlan:
     label: str
     spec: dict[str, Any]
     gpu_hours: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # constant columns added to every row (e.g. num_classes)
 
 
 @dataclass
@@ -121,9 +122,10 @@ ALIASES = {"loss.temperature": "tau", "train.batch_size": "batch_size", "optim.l
            "data.num_classes": "num_classes", "seed": "seed"}
 
 
-def _with_aliases(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+def _with_aliases(rows: list[dict[str, Any]], label: str, extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     for r in rows:
         r["dataset"] = label
+        r.update(extra or {})
         for k, a in ALIASES.items():
             if k in r and r[k] is not None:
                 r[a] = r[k]
@@ -199,7 +201,7 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
         ep = ["train.epochs=8", "train.batch_size=128", "eval.schedule=[0,1,2,4,6,8]", "eval.max_train=800",
               "eval.max_test=800"] if scale == "cpu" else ["train.batch_size=16"]
         plans.append(SweepPlan(f"C{c}", "strokes", _cpu(scale, ep + arms + strokes_overrides(scale, c, total),
-                                                         {"seed": SEEDS[scale]})))
+                                                         {"seed": SEEDS[scale]}), extra={"num_classes": c}))
     return plans
 
 
@@ -247,7 +249,7 @@ def plans_lossgap(scale: str) -> list[SweepPlan]:
     for c in LOSSGAP_C[scale]:
         ep = ["train.epochs=4", "train.batch_size=128"] if scale == "cpu" else ["train.batch_size=16"]
         plans.append(SweepPlan(f"C{c}", "strokes", _cpu(scale, ep + arms + strokes_overrides(scale, c, total),
-                                                         {"seed": SEEDS[scale]})))
+                                                         {"seed": SEEDS[scale]}), extra={"num_classes": c}))
     return plans
 
 
@@ -553,7 +555,7 @@ def _spec(plan: SweepPlan, out: Path, processes: int) -> SweepSpec:
 
 def _collect(plan: SweepPlan, out: Path) -> list[dict[str, Any]]:
     p = out / plan.name / "summary.csv"
-    return _with_aliases(read_summary(p), plan.label) if p.exists() else []
+    return _with_aliases(read_summary(p), plan.label, plan.extra) if p.exists() else []
 
 
 def paper_commands(fig: str, out: Path, nproc: int = 8, log: Callable[[str], None] = print) -> tuple[list[str], float, bool]:

@@ -19,9 +19,11 @@ Notation: ``X [N, d1]``, ``Y [N, d2]`` hold one sample per row. ``H = I − 11�
 
 Everything is computed **without any N×N matrix** from the d×d products ``X̃ᵀX̃``, ``Ỹᵀ Ỹ``,
 ``X̃ᵀỸ`` of (shifted) rows plus O(d) row-norm moments, accumulated over row chunks in float64
-(memory O(d1² + d2² + d1·d2 + chunk·d)). On CPU the symmetric products use BLAS ``dsyrk``
-(half the flops of a GEMM), which makes the float64 path about as fast as three float32 GEMMs on
-the benchmark machine — see ``benchmarks/results/metrics.md``; no float32 shortcut is taken.
+(memory O(d1² + d2² + d1·d2 + chunk·d)). On CPU, for widths ≥ ``_BLAS_MIN_DIM`` (768) the symmetric
+products use scipy's BLAS ``dsyrk`` (half the flops of a GEMM), which makes the float64 path about
+as fast as three float32 GEMMs on the benchmark machine (see ``benchmarks/results/metrics.md``);
+narrower inputs and GPU tensors use torch float64 matmuls. No float32 shortcut is taken: the
+similarity gap subtracts nearly equal Frobenius norms and needs float64 products.
 When ``d1² + d2² + d1·d2 > 3N²`` the sample-space (N×N Gram) form is cheaper and ``method="auto"``
 switches to it (exactly the same quantity).
 
@@ -35,12 +37,12 @@ Biased CKA is clipped to [0, 1] (it lies there mathematically; rounding may exce
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._validate import (as_features, check_finite, check_pair, check_positive_int, default_chunk_rows,
+from ._validate import (check_finite, check_pair, check_positive_int, default_chunk_rows,
                         row_chunks, rows_all_equal)
 
 try:  # BLAS dsyrk / dgemm on CPU (float64 SYRK is ~2x faster than a float64 GEMM)
@@ -52,6 +54,9 @@ __all__ = ["linear_cka", "rbf_cka", "cka_from_grams", "gram_linear", "gram_rbf",
            "StreamingLinearCKA", "MinibatchCKA", "unbiased_hsic"]
 
 _F64 = torch.float64
+#: use scipy's BLAS dsyrk/dgemm (float64 SYRK = half the flops of a GEMM) for widths ≥ this; below it
+#: torch's float64 matmul is faster (measured: OpenBLAS thread start-up/contention dominates small sizes)
+_BLAS_MIN_DIM = 768
 _METHODS = ("auto", "features", "gram")
 
 
@@ -81,7 +86,7 @@ class _Side:
         self.w = self.d + 2 + self.k
         self.n = 0
         self.shift: torch.Tensor | None = None
-        self.blas = device.type == "cpu" and _sblas is not None
+        self.blas = device.type == "cpu" and _sblas is not None and self.w >= _BLAS_MIN_DIM
         self.S: Any = (np.zeros((self.w, self.w), order="F") if self.blas
                        else torch.zeros(self.w, self.w, dtype=_F64, device=device))
         self.first: torch.Tensor | None = None
@@ -146,7 +151,7 @@ class _Cross:
 
     def __init__(self, sx: _Side, sy: _Side) -> None:
         self.d1, self.d2 = sx.d, sy.d
-        self.blas = sx.blas
+        self.blas = sx.blas and sy.blas
         self.S: Any = (np.zeros((sx.w, sy.w), order="F") if self.blas
                        else torch.zeros(sx.w, sy.w, dtype=_F64, device=sx.device))
 
@@ -297,7 +302,7 @@ def _ratio(num: float, den_x: float, den_y: float, const_x: bool, const_y: bool,
         return 0.0
     if not (den_x > 0 and den_y > 0 and math.isfinite(den_x) and math.isfinite(den_y) and math.isfinite(num)):
         return 0.0
-    v = num / math.sqrt(den_x * den_y)
+    v = num / (math.sqrt(den_x) * math.sqrt(den_y))  # not sqrt(dx·dy): that product can overflow
     return min(1.0, max(0.0, v)) if clip else v
 
 
