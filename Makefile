@@ -37,6 +37,7 @@ data:
 
 demo: $(STAMP) data
 	$(BIN)/repalign train configs/demo.yaml --overwrite $(DEMO_ARGS)
+	$(BIN)/repalign report runs/demo
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10

@@ -58,21 +58,24 @@ def summary_table(run_dir: str | Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import shutil
+
     from repalign.training import default_run_dir, train
 
     cfg = load_config(_resolve_config_path(args.config), args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not args.resume:
-        if not args.overwrite:
-            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
-        import shutil
-        shutil.rmtree(run_dir)
-    if args.resume and not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "checkpoints" / "last.prev.pt").exists():
+    ckpts = run_dir / "checkpoints"
+    has_ckpt = (ckpts / "last.pt").exists() or (ckpts / "last.prev.pt").exists()
+    resume = args.resume or (args.resume_if_possible and has_ckpt)
+    if resume and not has_ckpt:
         raise ConfigError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if args.resume:
-        saved = load_config(run_dir / "config.yaml", args.overrides)
-        cfg = saved
-    trainer = train(cfg, run_dir, resume=args.resume)
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        if not (args.overwrite or args.resume_if_possible):
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
+        shutil.rmtree(run_dir)
+    if resume:  # the run's own resolved config, plus any overrides given now
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+    trainer = train(cfg, run_dir, resume=resume)
     if trainer.is_main:
         print(summary_table(run_dir))
         print(f"run directory: {run_dir}")
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.temperature=0.1")
     t.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--resume-if-possible", action="store_true",
+                   help="resume when the run directory has a checkpoint, else start afresh (for launchers)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.set_defaults(func=cmd_train)
     a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints → alignment.csv")

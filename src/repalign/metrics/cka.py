@@ -139,11 +139,12 @@ class _Side:
             self.S.addmm_(A.T, A)
         self.n += self._c
 
-    def full(self) -> torch.Tensor:
+    def moments(self) -> tuple[torch.Tensor, bool]:
+        """(``AᵀA`` accumulated so far, ``upper``): on the BLAS path only the upper triangle is filled
+        (the strict lower triangle is exactly zero); a zero-copy view, do not modify."""
         if self.blas:
-            S = torch.from_numpy(np.triu(self.S))
-            return S + torch.triu(S, 1).T
-        return self.S
+            return torch.from_numpy(self.S), True
+        return self.S, False
 
 
 class _Cross:
@@ -180,28 +181,40 @@ def _feed(sx: _Side, sy: _Side, cr: _Cross, X: torch.Tensor, Y: torch.Tensor, ro
 
 
 def _sq(t: torch.Tensor) -> float:
-    return float((t * t).sum())
+    return float(torch.linalg.vector_norm(t)) ** 2
+
+
+def _sym_sq(U: torch.Tensor, upper: bool) -> float:
+    """‖S‖_F² of the symmetric S given by its upper triangle U (strict lower part zero) or by S."""
+    if not upper:
+        return _sq(U)
+    return 2.0 * _sq(U) - _sq(torch.diagonal(U))
 
 
 def _side_stats(m: _Side, uncentred: bool) -> dict[str, Any]:
     """Scalars of one side. Centred quantities use ``c_i = z̃_i − mean`` (exact, via the moments)."""
-    F = m.full()
+    F, upper = m.moments()
     d, n = m.d, m.n
+    # everything below lies in the upper triangle of the augmented AᵀA
     S, s, vp = F[:d, :d], F[:d, d], F[:d, d + 1]
     tp, tpp = float(F[d, d + 1]), float(F[d + 1, d + 1])
     mu = s / n
     M = float(mu @ mu)
-    C = S - n * torch.outer(mu, mu)
+    C = torch.addr(S, mu, mu, alpha=-float(n))       # S − n μμᵀ (centred scatter), formed explicitly
+    if upper:
+        C.triu_()
+    Smu = S @ mu
+    muSmu = 2.0 * float(mu @ Smu) - float((torch.diagonal(S) * mu) @ mu) if upper else float(mu @ Smu)
     st = {
         "n": n, "mu": mu, "M": M, "tp": tp, "constant": m.constant,
         "vq": F[:d, d + 2:], "tpq": F[d + 1, d + 2:],
-        "c": _sq(C),                                   # ‖C_cᵀC_c‖_F²
+        "c": _sym_sq(C, upper),                        # ‖C_cᵀC_c‖_F²
         "a": tp - n * M,                               # Σ‖c_i‖²
         # Σ‖c_i‖⁴ with ‖c_i‖² = p_i − 2 z̃_i·μ + M
-        "aa": tpp - 4 * float(vp @ mu) + 4 * float(mu @ (S @ mu)) + 2 * M * tp - 3 * n * M * M,
+        "aa": tpp - 4 * float(vp @ mu) + 4 * muSmu + 2 * M * tp - 3 * n * M * M,
     }
     if uncentred:
-        st.update(g=_sq(S), s2=float(s @ s), t=tp, tt=tpp)
+        st.update(g=_sym_sq(S, upper), s2=float(s @ s), t=tp, tt=tpp)
     return st
 
 
@@ -212,9 +225,8 @@ def _cross_stats(sx: dict, sy: dict, c: _Cross, uncentred: bool, i: int = 0, j: 
     mu, nu = sx["mu"], sy["mu"]
     tpq = float(sx["tpq"][j])
     vqx, vpy = sx["vq"][:, j], sy["vq"][:, i]   # Σ q_i x̃_i, Σ p_i ỹ_i
-    Cxy = Sxy - n * torch.outer(mu, nu)
     st = {
-        "c": _sq(Cxy),
+        "c": _sq(torch.addr(Sxy, mu, nu, alpha=-float(n))),
         "a": tpq - 2 * float(vpy @ nu) - 2 * float(vqx @ mu) + 4 * float(mu @ (Sxy @ nu))
         + sy["M"] * sx["tp"] + sx["M"] * sy["tp"] - 3 * n * sx["M"] * sy["M"],
     }

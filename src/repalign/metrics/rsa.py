@@ -11,7 +11,8 @@ with ``corr="pearson"`` or ``"spearman"`` (Pearson of the tie-averaged ranks, as
 ``scipy.stats.spearmanr``). The result is an :class:`RSAResult` ``(value, stderr, exact, n_pairs)``
 that also converts with ``float(result)``.
 
-Algorithms and cost (no N×N matrix is ever formed):
+Algorithms and cost (no N×N matrix is formed, except by the Pearson cosine/correlation path when
+``d1² + d2² + d1·d2 > 3N²``, where the N×N Gram form is the smaller one — see ``method``):
 
 * **Pearson, cosine/correlation — exact, feature space.** With unit rows ``x̂_i`` and
   ``k_ij = x̂_iᵀx̂_j``: ``S_k = Σ_{i<j} k_ij = (‖Σx̂_i‖² − Σ‖x̂_i‖²)/2``,

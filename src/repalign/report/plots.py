@@ -26,7 +26,7 @@ LINESTYLE = {"train": "-", "test": "--"}
 METRIC_LABEL = {
     "linear_cka": "linear CKA", "debiased_cka": "debiased CKA", "rsa": "RSA (Pearson r of RDMs)",
     "sim_gap": "similarity gap ‖Σ_a − Σ_b‖_F", "sim_gap_rel": "relative similarity gap ρ",
-    "weight_gap_mean": "weight gap (mean relative Frobenius distance)",
+    "weight_gap_mean": "weight gap (mean rel. Frobenius)",
     "weight_rel_l2": "relative L2 weight distance", "weight_angle_deg": "weight-space angle (degrees)",
     "repr_angle_deg": "representation angle (degrees)", "displacement_angle_deg": "displacement angle (degrees)",
     "knn_acc": "kNN test accuracy (fraction)", "loss": "training loss (nats)",
@@ -405,6 +405,7 @@ def plot_heatmaps(rows: Iterable[Mapping[str, Any]], row_key: str = "num_classes
     xs = _values_of(rows, "epoch")
     vals = [r[metric] for r in rows if _finite(r.get(metric))]
     lo = vmin if vmin is not None else (min(vals) if vals else 0.0)
+    lo = min(lo, vmax - 0.05)
     im = None
     for k, (a, b) in enumerate(pairs):
         ax = axes[0, k]

@@ -362,11 +362,12 @@ class CoupledTrainer:
                     break  # stopped mid-epoch (stop_after, max_steps or every arm stopped)
                 self.epoch += 1
                 self.pos_in_epoch = 0
-                if self.epoch % self.cfg["train"]["checkpoint_every"] == 0:
-                    self.save()
                 if self.evaluator is not None and self.epoch in eval_at:
                     self.save_models(self.epoch)
                     self.evaluator(self, self.epoch)
+                # after the evaluation: a run killed while evaluating redoes the epoch and its rows
+                if self.epoch % self.cfg["train"]["checkpoint_every"] == 0:
+                    self.save()
             if self._saved_step != self.step:
                 self.save()
         finally:
