@@ -19,10 +19,9 @@ Notation: ``X [N, d1]``, ``Y [N, d2]`` hold one sample per row. ``H = I − 11�
 
 Everything is computed **without any N×N matrix** from the d×d products ``X̃ᵀX̃``, ``Ỹᵀ Ỹ``,
 ``X̃ᵀỸ`` of (shifted) rows plus O(d) row-norm moments, accumulated over row chunks in float64
-(memory O(d1² + d2² + d1·d2 + chunk·d)). On CPU, for widths ≥ ``_BLAS_MIN_DIM`` (768) the symmetric
-products use scipy's BLAS ``dsyrk`` (half the flops of a GEMM), which makes the float64 path about
-as fast as three float32 GEMMs on the benchmark machine (see ``benchmarks/results/metrics.md``);
-narrower inputs and GPU tensors use torch float64 matmuls. No float32 shortcut is taken: the
+(memory O(d1² + d2² + d1·d2 + chunk·d)). On CPU the symmetric products use scipy's BLAS ``dsyrk``
+(half the flops of a GEMM), which makes the float64 path about 1.4× three float32 GEMMs on the
+benchmark machine (see ``benchmarks/results/metrics.md``); GPU tensors use torch float64 matmuls. No float32 shortcut is taken: the
 similarity gap subtracts nearly equal Frobenius norms and needs float64 products.
 When ``d1² + d2² + d1·d2 > 3N²`` the sample-space (N×N Gram) form is cheaper and ``method="auto"``
 switches to it (exactly the same quantity).
@@ -54,9 +53,10 @@ __all__ = ["linear_cka", "rbf_cka", "cka_from_grams", "gram_linear", "gram_rbf",
            "StreamingLinearCKA", "MinibatchCKA", "unbiased_hsic"]
 
 _F64 = torch.float64
-#: use scipy's BLAS dsyrk/dgemm (float64 SYRK = half the flops of a GEMM) for widths ≥ this; below it
-#: torch's float64 matmul is faster (measured: OpenBLAS thread start-up/contention dominates small sizes)
-_BLAS_MIN_DIM = 768
+#: on CPU use scipy's BLAS dsyrk/dgemm (float64 SYRK = half the flops of a GEMM) when the augmented
+#: width is ≥ this (measured faster than torch's float64 matmul at every width from 128 up on an idle
+#: machine; tests set it to exercise both back-ends)
+_BLAS_MIN_DIM = 0
 _METHODS = ("auto", "features", "gram")
 
 

@@ -207,12 +207,18 @@ def _pearson_euclidean(X: torch.Tensor, Y: torch.Tensor, tile: int) -> float:
 # ----------------------------------------------------------------------------------------------
 # Spearman
 # ----------------------------------------------------------------------------------------------
-def _doubled_ranks(v: torch.Tensor) -> torch.Tensor:
+def _doubled_ranks(v: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """int32 ``2 × (average 1-based rank)`` of each entry of the float64 vector ``v`` (ties get the
-    mean of their ranks, as ``scipy.stats.rankdata(method="average")``). Consumes ``v``'s storage
-    only through the sort (caller should drop its reference)."""
+    mean of their ranks, as ``scipy.stats.rankdata(method="average")``). **Sorts ``v`` in place**
+    (callers pass a buffer they own; pass ``[v]`` to hand over the only reference so that it is
+    freed before the rank vectors are allocated). Peak: 8 B (v) + 8 B (indices) + the sort's scratch
+    per entry, then 8 B (indices) + 2 × 4 B (int32 ranks)."""
+    if isinstance(v, list):
+        v = v.pop()
     m = v.numel()
-    sv, idx = torch.sort(v)
+    idx = torch.empty(m, dtype=torch.long, device=v.device)
+    torch.sort(v, out=(v, idx))
+    sv = v
     del v
     out = torch.empty(m, dtype=torch.int32, device=sv.device)
     step = _RANK_CHUNK
@@ -274,13 +280,15 @@ def _spearman_exact(X: torch.Tensor, Y: torch.Tensor, rdm: str, tile: int) -> fl
         del vx
         _, cy = _all_pair_values(Y, rdm, tile)
         return _ratio(0.0, 1.0, 1.0, cx, cy, clip=False)
-    rx = _doubled_ranks(vx)
+    holder = [vx]
     del vx
+    rx = _doubled_ranks(holder)
     vy, cy = _all_pair_values(Y, rdm, tile)
     if cy:
         return 0.0
-    ry = _doubled_ranks(vy)
+    holder = [vy]
     del vy
+    ry = _doubled_ranks(holder)
     return _rank_corr(rx, ry)
 
 
@@ -313,7 +321,7 @@ def _spearman_subsampled(X: torch.Tensor, Y: torch.Tensor, rdm: str, n_pairs: in
     cx, cy = (_const(float(v.var(correction=0)), float((v * v).mean())) for v in (vx, vy))
     if cx or cy:
         return RSAResult(_ratio(0.0, 1.0, 1.0, cx, cy, clip=False), 0.0, False, n_pairs)
-    value = _rank_corr(_doubled_ranks(vx.clone()), _doubled_ranks(vy.clone()))
+    value = _rank_corr(_doubled_ranks(vx.clone()), _doubled_ranks(vy.clone()))  # clones: sorted in place
     G = _JACKKNIFE_GROUPS
     groups = torch.arange(n_pairs, device=X.device) % G
     thetas = []
