@@ -209,3 +209,19 @@ def test_align_command_reproduces_training_rows(tiny_cfg, tmp_path):
         g = got_by[key(w)]
         for m in ("linear_cka", "debiased_cka", "rsa", "sim_gap", "weight_gap_mean"):
             assert float(g[m]) == pytest.approx(w[m], rel=1e-6, abs=1e-9), m
+
+
+def test_align_quality_csv(tiny_cfg, tmp_path):
+    import csv
+
+    from repalign.cli import main
+
+    cfg = tiny_cfg(**{"train.epochs": 1, "eval.every": 1, "eval.max_train": 160})  # ≥ 5 per class
+    CoupledTrainer(cfg, tmp_path / "run").fit()
+    assert main(["align", str(tmp_path / "run"), "--quality"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "quality.csv")))
+    assert {r["arm"] for r in rows} == {"cl", "nscl", "scl", "ce"} and {r["epoch"] for r in rows} == {"0", "1"}
+    for r in rows:
+        for k in ("knn_acc", "probe_test_acc", "fewshot1_acc", "fewshot5_acc", "cdnv", "directional_cdnv"):
+            assert 0 <= float(r[k]) < float("inf"), k
+        assert float(r["directional_cdnv"]) <= float(r["cdnv"]) + 1e-9

@@ -83,14 +83,16 @@ def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: An
 
 def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str, torch.Tensor] | None],
                    pairs: Iterable[tuple[str, str]], loaders: Mapping[str, Any], cfg: Mapping[str, Any],
-                   epoch: int, step: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+                   epoch: int, step: int, device: torch.device | str = "cpu",
+                   quality: bool = False) -> list[dict[str, Any]]:
     """All alignment (``kind: align``) and quality (``kind: eval``) rows at one checkpoint.
 
     ``nets``: arm name → ``ContrastiveNet``; ``init``: arm name → initial state dict (``None`` for
     arms that do not share the run's initialisation). Features: one pass per split for all nets.
+    ``quality=True`` adds linear-probe, few-shot and CDNV numbers to each arm's ``eval`` row.
     """
     from repalign.evaluation import extract_features, knn_accuracy
-    from repalign.metrics import linear_cka, representation_angle, rsa, similarity_gap, weight_gap
+    from repalign.metrics import representation_metrics, rsa, weight_gap
 
     ev = cfg["eval"]
     layers = tuple(ev["layers"])
@@ -111,27 +113,48 @@ def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str
         for layer in layers:
             for a, b in pairs:
                 x, y = f[a][layer], f[b][layer]
-                gap = similarity_gap(x, y)
-                r = rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"])
+                # two sets of d×d products give CKA, cosine/Pearson RSA, similarity gap and angle
+                m = representation_metrics(x, y, debiased=True)
+                if (ev["rsa_rdm"], ev["rsa_corr"]) != ("cosine", "pearson"):
+                    m["rsa"] = _value(rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"]))
                 rows.append({
                     "kind": "align", "epoch": epoch, "step": step, "split": split, "layer": layer,
                     "arm_a": a, "arm_b": b,
-                    "linear_cka": float(linear_cka(x, y)),
-                    "debiased_cka": float(linear_cka(x, y, debiased=True)),
-                    "rsa": _value(r), "rsa_rdm": ev["rsa_rdm"], "rsa_corr": ev["rsa_corr"],
-                    "sim_gap": float(gap["abs"]), "sim_gap_rel": float(gap["rel"]),
-                    "sim_gap_per_entry": float(gap["per_entry"]),
-                    "repr_angle_deg": float(representation_angle(x, y)),
+                    **{k: (float(m[k]) if m[k] is not None else None) for k in _ALIGN_KEYS},
+                    "rsa_rdm": ev["rsa_rdm"], "rsa_corr": ev["rsa_corr"],
                     **wg_cache[(a, b)],
                 })
     if "train" in feats and "test" in feats:
         (ftr, ytr), (fte, yte) = feats["train"], feats["test"]
         for name in nets:
-            rows.append({"kind": "eval", "epoch": epoch, "step": step, "split": "test", "arm": name,
-                         "layer": layers[0],
-                         "knn_acc": float(knn_accuracy(ftr[name][layers[0]], ytr, fte[name][layers[0]], yte,
-                                                       k=ev["knn_k"], temperature=ev["knn_temperature"]))})
+            xtr, xte = ftr[name][layers[0]], fte[name][layers[0]]
+            row = {"kind": "eval", "epoch": epoch, "step": step, "split": "test", "arm": name, "layer": layers[0],
+                   "knn_acc": float(knn_accuracy(xtr, ytr, xte, yte, k=ev["knn_k"], temperature=ev["knn_temperature"]))}
+            if quality:
+                row.update(quality_metrics(xtr, ytr, xte, yte, seed=int(cfg["seed"])))
+            rows.append(row)
     return rows
+
+
+def quality_metrics(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
+                    seed: int = 0, shots: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Linear probe (train/test accuracy), nearest-class-centre few-shot accuracy (mean ± std over
+    5 seeded episodes) and CDNV / directional CDNV (test split) of one arm's frozen features."""
+    from repalign.evaluation import cdnv, directional_cdnv, fewshot_ncc, linear_probe
+
+    out: dict[str, float] = {}
+    probe = linear_probe(xtr, ytr, xte, yte, seed=seed)
+    out["probe_train_acc"], out["probe_test_acc"] = float(probe["train_acc"]), float(probe["test_acc"])
+    min_count = int(torch.bincount(ytr).min())
+    for m, (mean, std) in fewshot_ncc(xtr, ytr, xte, yte, shots=tuple(s for s in shots if s <= min_count),
+                                      seed=seed).items():
+        out[f"fewshot{m}_acc"], out[f"fewshot{m}_std"] = float(mean), float(std)
+    out["cdnv"], out["directional_cdnv"] = float(cdnv(xte, yte)), float(directional_cdnv(xte, yte))
+    return out
+
+
+_ALIGN_KEYS = ("linear_cka", "debiased_cka", "rsa", "sim_gap", "sim_gap_rel", "sim_gap_per_entry",
+               "sim_gap_centred_rel", "repr_angle_deg")
 
 
 def _value(r: Any) -> float:
@@ -166,15 +189,17 @@ class Evaluator:
 
 
 ALIGN_FIELDS = ["epoch", "step", "split", "layer", "arm_a", "arm_b", "linear_cka", "debiased_cka", "rsa",
-                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "repr_angle_deg",
+                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "sim_gap_centred_rel", "repr_angle_deg",
                 "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg", "displacement_angle_deg"]
 
 
 def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
-              layers: list[str] | None = None, rsa_corr: str | None = None) -> Path:
+              layers: list[str] | None = None, rsa_corr: str | None = None, quality: bool = False) -> Path:
     """Recompute alignment rows from every ``checkpoints/epoch_XXXX.pt`` of a run → ``alignment.csv``.
 
-    Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA).
+    Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA);
+    ``quality=True`` also writes ``quality.csv`` (per arm and checkpoint: kNN, linear probe, few-shot,
+    CDNV, directional CDNV).
     """
     from repalign.config import load_config
     from repalign.training.checkpoint import load_checkpoint
@@ -197,6 +222,7 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
     init_of = {s.name: (copy.deepcopy(s.module.net.state_dict()) if s.arm.init_seed is None else None)
                for s in trainer.arm_states}
     out = run.path / "alignment.csv"
+    quality_rows: list[dict[str, Any]] = []
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -206,7 +232,15 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
                 s.module.load_state_dict(state["arms"][s.name])
             nets = {s.name: s.module.net for s in trainer.arm_states}
             for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
-                                      trainer.device):
+                                      trainer.device, quality=quality):
                 if row["kind"] == "align":
                     w.writerow(row)
+                else:
+                    quality_rows.append(row)
+    if quality:
+        fields = list(dict.fromkeys(k for r in quality_rows for k in r if k != "kind"))
+        with open(run.path / "quality.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows([{k: v for k, v in r.items() if k != "kind"} for r in quality_rows])
     return out
