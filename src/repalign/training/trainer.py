@@ -178,6 +178,7 @@ class CoupledTrainer:
         self.epoch = 0
         self.pos_in_epoch = 0
         self._saved_step = -1
+        self._t0 = time.perf_counter()
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
         self._tb = None
         self._wandb = None
@@ -465,6 +466,7 @@ class CoupledTrainer:
 
     # ------------------------------------------------------------------ logging
     def _log(self, row: Mapping[str, Any]) -> None:
+        row = {**row, "wall_s": round(time.perf_counter() - self._t0, 3)}  # seconds since this process started
         if self.run is not None:
             self.run.log(row)
         if self._tb is not None and row.get("kind") in ("train", "lossgap", "align", "eval"):
