@@ -225,3 +225,19 @@ def test_align_quality_csv(tiny_cfg, tmp_path):
         for k in ("knn_acc", "probe_test_acc", "fewshot1_acc", "fewshot5_acc", "cdnv", "directional_cdnv"):
             assert 0 <= float(r[k]) < float("inf"), k
         assert float(r["directional_cdnv"]) <= float(r["cdnv"]) + 1e-9
+
+
+def test_eval_schedules():
+    from repalign.training.evaluate import eval_epochs, eval_indices
+
+    assert eval_epochs({"every": None, "schedule": "paper"}, 1200) == (
+        set(range(0, 100, 10)) | set(range(100, 1201, 100)))
+    assert eval_epochs({"every": None, "schedule": "paper"}, 35) == {0, 10, 20, 30, 35}
+    assert eval_epochs({"every": 4, "schedule": None}, 10) == {0, 4, 8, 10}
+    assert eval_epochs({"every": None, "schedule": [0, 3]}, 5) == {0, 3, 5}
+    assert eval_epochs({"every": None, "schedule": None}, 5) == set()
+    with pytest.raises(ValueError, match="eval.schedule"):
+        eval_epochs({"every": None, "schedule": [7]}, 5)
+    a, b = eval_indices(100, 10, 0, "train"), eval_indices(100, 10, 0, "train")
+    assert torch.equal(a, b) and len(set(a.tolist())) == 10
+    assert not torch.equal(a, eval_indices(100, 10, 0, "test"))
