@@ -309,10 +309,7 @@ def plot_train_loss(rows: Iterable[Mapping[str, Any]]) -> Figure:
     rows = [r for r in rows if r.get("kind") == "train"]
     fig, axes = new_figure(1, 1, w=6.0)
     ax = axes[0, 0]
-    arms = []
-    for r in rows:
-        if r["arm"] not in arms:
-            arms.append(r["arm"])
+    arms = list(dict.fromkeys(r["arm"] for r in rows))  # first-seen order
     for k, arm in enumerate(arms):
         rr = [r for r in rows if r["arm"] == arm]
         obj = rr[0].get("objective", "")
@@ -333,10 +330,7 @@ def plot_knn(rows: Iterable[Mapping[str, Any]], metric: str = "knn_acc") -> Figu
     rows = [r for r in rows if r.get("kind") == "eval" and _finite(r.get(metric))]
     fig, axes = new_figure(1, 1, w=6.0)
     ax = axes[0, 0]
-    arms = []
-    for r in rows:
-        if r["arm"] not in arms:
-            arms.append(r["arm"])
+    arms = list(dict.fromkeys(r["arm"] for r in rows))  # first-seen order
     for k, arm in enumerate(arms):
         _line(ax, [r for r in rows if r["arm"] == arm], "epoch", metric, arm, OKABE_ITO[k % 8])
     if not rows:
