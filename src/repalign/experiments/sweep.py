@@ -393,6 +393,10 @@ def _cell(v: Any) -> Any:
     return v
 
 
+#: Per-row timing fields of metrics.jsonl (machine-dependent): left out of summary.csv.
+TIMING_KEYS = frozenset({"wall_s", "samples_per_s"})
+
+
 def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -> list[dict[str, Any]]:
     """``align``/``eval``/``lossgap`` rows of every finished point, each with ``point`` and the grid values."""
     from repalign.training.rundir import read_metrics
@@ -405,6 +409,7 @@ def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -
         prow = sorted((r for r in read_metrics(rd / "metrics.jsonl") if r.get("kind") in SUMMARY_KINDS),
                       key=lambda r: r.get("step", 0))
         for r in prow:
+            r = {k: v for k, v in r.items() if k not in TIMING_KEYS}  # keep the summary deterministic
             rows.append({"point": p.slug, **{k: p.values.get(k) for k in grid_keys}, **r})
     return rows
 
