@@ -40,7 +40,7 @@ demo: $(STAMP) data
 	$(BIN)/repalign report runs/demo
 
 test: $(STAMP) data
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=10
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_loss.py
