@@ -578,9 +578,8 @@ def paper_commands(fig: str, out: Path, nproc: int = 8, log: Callable[[str], Non
             if st == "done":
                 continue
             all_done = False
-            flag = "--resume" if st == "partial" else "--overwrite"
             cmds.append(f"torchrun --nproc_per_node={nproc} -m repalign train {sw / 'configs' / (p.slug + '.yaml')} "
-                        f"--run-dir {rd} {flag} && touch {rd / 'DONE'}")
+                        f"--run-dir {rd} --resume-if-possible && touch {rd / 'DONE'}")
     return cmds, hours, all_done
 
 
@@ -632,8 +631,8 @@ def paper_plan_text(fig: str, out: Path, cmds: Sequence[str], hours: float, npro
              f"Sweep specs: {', '.join(str(p) for p in sorted(out.glob('sweep_*.yaml')))}",
              f"Estimated cost: ≈ {hours:,.0f} GPU-hours (A100-class GPU at ≈ {GPU_TFLOPS:.0f} TFLOP/s effective bf16, "
              "+10 % evaluation; ResNet-50 FLOPs × 3 for forward+backward × 2 views × arms).", "",
-             f"Run every point (torchrun on {nproc} GPUs per run; an interrupted run continues with `--resume` in place of "
-             "`--overwrite`; re-running this command lists only unfinished points):", "",
+             f"Run every point (torchrun on {nproc} GPUs per run; `--resume-if-possible` continues an interrupted run "
+             "from its last checkpoint; re-running this command lists only unfinished points):", "",
              "```"] + list(cmds) + ["```", "",
                                     "Or run a sweep on SLURM: `repalign sweep SPEC --launcher slurm` (extra `slurm`).",
                                     f"Afterwards plot with: `repalign reproduce {fig} --scale paper --out {out}`", ""]
