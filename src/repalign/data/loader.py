@@ -150,24 +150,29 @@ class EvalBatchDataset(Dataset):
                 self.source.labels.index_select(0, idx), idx)
 
 
-class _Sequential:
-    def __init__(self, n: int, b: int):
-        self.n, self.b = n, b
+class _Chunks:
+    """Consecutive chunks of ``indices`` (default ``0..n-1``), ``b`` at a time."""
+
+    def __init__(self, indices: list[int], b: int):
+        self.indices, self.b = indices, b
 
     def __iter__(self):
-        for s in range(0, self.n, self.b):
-            yield list(range(s, min(s + self.b, self.n)))
+        for s in range(0, len(self.indices), self.b):
+            yield self.indices[s:s + self.b]
 
     def __len__(self) -> int:
-        return -(-self.n // self.b)
+        return -(-len(self.indices) // self.b)
 
 
 def extract_loader(source: ImageSource, eval_transform: EvalTransform, batch_size: int = 512,
-                   num_workers: int = 0) -> DataLoader:
-    """Un-augmented batches ``(images float [B,C,S,S], labels [B], indices [B])`` in index order
-    (last batch may be smaller)."""
+                   num_workers: int = 0, indices=None) -> DataLoader:
+    """Un-augmented batches ``(images float [B,C,S,S], labels [B], indices [B])`` of ``source[indices]``
+    (default: every sample) in the given order (last batch may be smaller)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
+    if order and not 0 <= min(order) <= max(order) < len(source):
+        raise ValueError(f"indices must lie in 0..{len(source) - 1}")
     return DataLoader(EvalBatchDataset(source, eval_transform),
-                      sampler=_Sequential(len(source), batch_size), batch_size=None,
+                      sampler=_Chunks(order, batch_size), batch_size=None,
                       collate_fn=_passthrough, num_workers=num_workers)

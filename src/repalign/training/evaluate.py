@@ -54,31 +54,15 @@ def eval_indices(n: int, max_n: int, seed: int, split: str) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:max_n].sort().values
 
 
-class EvalSet(torch.utils.data.Dataset):
-    """Un-augmented ``(image, label, index)`` triples of ``source[indices]``."""
-
-    def __init__(self, source: Any, indices: torch.Tensor, transform: Any) -> None:
-        self.source, self.indices, self.transform = source, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        idx = int(self.indices[i])
-        return self.transform(self.source[idx]), int(self.source.labels[idx]), idx
-
-
 def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: Any, image_size: int,
                       channels: int) -> dict[str, torch.utils.data.DataLoader]:
-    from repalign.data import eval_transform
+    """Fixed, seeded, un-augmented train and test evaluation loaders (see :func:`eval_indices`)."""
+    from repalign.data import eval_transform, extract_loader
 
     ev = cfg["eval"]
     tf = eval_transform(image_size, channels, mean=train_source.mean, std=train_source.std)
-    out = {}
-    for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"])):
-        ds = EvalSet(src, eval_indices(len(src), mx, cfg["seed"], split), tf)
-        out[split] = torch.utils.data.DataLoader(ds, batch_size=ev["batch_size"], shuffle=False)
-    return out
+    return {split: extract_loader(src, tf, ev["batch_size"], indices=eval_indices(len(src), mx, cfg["seed"], split))
+            for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"]))}
 
 
 def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str, torch.Tensor] | None],
