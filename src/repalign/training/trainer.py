@@ -119,8 +119,10 @@ class CoupledTrainer:
 
     Parameters: ``cfg`` — a resolved config (:func:`repalign.config.validate`); ``run_dir`` — the
     run directory (``None``: don't write anything); ``resume`` — continue from the run directory's
-    last checkpoint. ``evaluator`` — optional callable ``(trainer, epoch) → None`` run at the
-    scheduled evaluation epochs (see :mod:`repalign.training.evaluate`).
+    last checkpoint. ``evaluator`` — ``"default"`` builds :class:`~repalign.training.evaluate.Evaluator`
+    when ``eval.every``/``eval.schedule`` schedule anything, ``None`` disables evaluation, or any
+    callable ``(trainer, epoch) → None`` run at the scheduled epochs. ``sources`` — optional
+    pre-built ``(train, test)`` sources instead of building them from ``cfg["data"]``.
     """
 
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path | None = None, resume: bool = False,
