@@ -422,7 +422,6 @@ def make_fig3(ctx: Context) -> None:
         b0 = _mean([p["log_bound"] for p in pts if p["num_classes"] == c0])
         for p in pts:
             p["bound"] = g0 * 10 ** (p["log_bound"] - b0) if g0 is not None else None
-        fig = plots.plot_loss_gap_vs_classes([])
         fig, axes = plots.new_figure(1, 1, w=5.6)
         ax = axes[0, 0]
         plots._line(ax, pts, "num_classes", "gap", "measured ‖Σ_CL − Σ_NSCL‖_F (last epoch)", plots.OKABE_ITO[0])
