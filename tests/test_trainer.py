@@ -218,7 +218,11 @@ def test_align_quality_csv(tiny_cfg, tmp_path):
 
     cfg = tiny_cfg(**{"train.epochs": 1, "eval.every": 1, "eval.max_train": 160})  # ≥ 5 per class
     CoupledTrainer(cfg, tmp_path / "run").fit()
-    assert main(["align", str(tmp_path / "run"), "--quality"]) == 0
+    assert main(["align", str(tmp_path / "run"), "--quality", "--layerwise"]) == 0
+    lw = list(csv.reader(open(tmp_path / "run" / "layerwise_cl_nscl.csv")))
+    assert len(lw) == 1 + 5 and len(lw[0]) == 1 + 5  # 4 encoder blocks + projector, both models
+    assert all(0 <= float(v) <= 1 + 1e-9 for row in lw[1:] for v in row[1:])
+    assert (tmp_path / "run" / "layerwise_cl_ce.png").stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "run" / "quality.csv")))
     assert {r["arm"] for r in rows} == {"cl", "nscl", "scl", "ce"} and {r["epoch"] for r in rows} == {"0", "1"}
     for r in rows:

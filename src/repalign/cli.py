@@ -86,7 +86,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from repalign.training.evaluate import align_run
 
     out = align_run(args.run_dir, max_train=args.max_train, max_test=args.max_test, layers=args.layers,
-                    rsa_corr=args.rsa_corr, quality=args.quality)
+                    rsa_corr=args.rsa_corr, quality=args.quality, layerwise=args.layerwise)
     print(f"wrote {out}")
     return 0
 
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rsa-corr", default=None, choices=["pearson", "spearman"])
     a.add_argument("--quality", action="store_true",
                    help="also write quality.csv: linear probe, few-shot NCC, CDNV per arm and checkpoint")
+    a.add_argument("--layerwise", action="store_true",
+                   help="also write layerwise_<a>_<b>.csv/.png: block-by-block CKA at the last checkpoint")
     a.set_defaults(func=cmd_align)
     for extra in ("sweep", "reproduce", "report"):
         try:

@@ -178,12 +178,14 @@ ALIGN_FIELDS = ["epoch", "step", "split", "layer", "arm_a", "arm_b", "linear_cka
 
 
 def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
-              layers: list[str] | None = None, rsa_corr: str | None = None, quality: bool = False) -> Path:
+              layers: list[str] | None = None, rsa_corr: str | None = None, quality: bool = False,
+              layerwise: bool = False) -> Path:
     """Recompute alignment rows from every ``checkpoints/epoch_XXXX.pt`` of a run → ``alignment.csv``.
 
     Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA);
     ``quality=True`` also writes ``quality.csv`` (per arm and checkpoint: kNN, linear probe, few-shot,
-    CDNV, directional CDNV).
+    CDNV, directional CDNV); ``layerwise=True`` writes, for the last checkpoint and every arm pair,
+    the block-by-block linear CKA matrix on the test evaluation set (``layerwise_<a>_<b>.csv`` + ``.png``).
     """
     from repalign.config import load_config
     from repalign.training.checkpoint import load_checkpoint
@@ -221,6 +223,10 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
                     w.writerow(row)
                 else:
                     quality_rows.append(row)
+    if layerwise:  # the trainer's modules now hold the last checkpoint's weights
+        nets = {s.name: s.module.net for s in trainer.arm_states}
+        for a, b in trainer.pairs:
+            write_layerwise(nets[a], nets[b], loaders["test"], run.path / f"layerwise_{a}_{b}", (a, b))
     if quality:
         fields = list(dict.fromkeys(k for r in quality_rows for k in r if k != "kind"))
         with open(run.path / "quality.csv", "w", newline="") as f:
@@ -228,3 +234,38 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
             w.writeheader()
             w.writerows([{k: v for k, v in r.items() if k != "kind"} for r in quality_rows])
     return out
+
+
+def write_layerwise(net_a: nn.Module, net_b: nn.Module, loader: Any, stem: Path,
+                    names: tuple[str, str]) -> Path:
+    """Layer-wise linear CKA between every block of two nets → ``stem.csv`` and a heatmap ``stem.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from repalign.metrics import layerwise_cka
+
+    res = layerwise_cka(net_a, net_b, loader)
+    m = res["matrix"].double()
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"{names[0]} \\ {names[1]}", *res["names_b"]])
+        for name, row in zip(res["names_a"], m.tolist()):
+            w.writerow([name, *[f"{v:.6f}" for v in row]])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 1.0 + 0.6 * m.shape[0]))
+    im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.set_xticks(range(m.shape[1]), res["names_b"], rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(m.shape[0]), res["names_a"], fontsize=7)
+    ax.set_xlabel(f"{names[1]} blocks")
+    ax.set_ylabel(f"{names[0]} blocks")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if m[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="linear CKA (unitless)")
+    ax.set_title(f"layer-wise CKA: {names[0]} vs {names[1]} (test split)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    return stem.with_suffix(".csv")
