@@ -19,7 +19,7 @@ def test_train_resume_if_possible_and_overwrite(capsys, tmp_path):
     args = ["train", "demo", *tiny_overrides(**{"train.epochs": 1}), "--run-dir", str(run)]
     assert main(args + ["--resume-if-possible"]) == 0  # nothing to resume: starts afresh
     out = capsys.readouterr().out
-    assert "nscl" in out and "run directory" in out
+    assert "cl vs nscl" in out and "kNN acc" in out and "run directory" in out
     n_rows = len((run / "metrics.jsonl").read_text().splitlines())
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main(args + ["--resume-if-possible"]) == 0  # finished run: resumes, trains nothing more

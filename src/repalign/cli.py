@@ -25,32 +25,29 @@ def _resolve_config_path(path: str) -> str:
 
 
 def summary_table(run_dir: str | Path) -> str:
-    """A plain-text table: per arm the last loss, kNN accuracy and alignment with the first arm."""
+    """Plain-text summary: per arm the last loss and kNN accuracy; per compared pair the last
+    test-split alignment (layer h); the CL arm's last per-batch loss gap and its bound."""
     from repalign.training.rundir import read_metrics
 
     rows = list(read_metrics(Path(run_dir) / "metrics.jsonl"))
-    last_train: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["kind"] == "train":
-            last_train[r["arm"]] = r
-    knn: dict[str, float] = {}
-    align: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["kind"] == "eval" and r.get("split") == "test" and "knn_acc" in r:
-            knn[r["arm"]] = r["knn_acc"]
-        if r["kind"] == "align" and r.get("split") == "test" and r.get("layer", "h") == "h":
-            align[r["arm_b"]] = r
-    gaps = [r for r in rows if r["kind"] == "lossgap"]
-    head = f"{'arm':<10} {'objective':<9} {'loss':>8} {'kNN acc':>8} {'CKA':>7} {'RSA':>7} {'w-gap':>7}"
+    last_train = {r["arm"]: r for r in rows if r["kind"] == "train"}
+    knn = {r["arm"]: r["knn_acc"] for r in rows
+           if r["kind"] == "eval" and r.get("split") == "test" and "knn_acc" in r}
+    align = {(r["arm_a"], r["arm_b"]): r for r in rows
+             if r["kind"] == "align" and r.get("split") == "test" and r.get("layer", "h") == "h"}
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+    head = f"{'arm':<12} {'objective':<9} {'loss':>8} {'kNN acc':>8}"
     lines = [head, "-" * len(head)]
     for arm, r in last_train.items():
-        a = align.get(arm, {})
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-        lines.append(f"{arm:<10} {r['objective']:<9} {fmt(r['loss']):>8} {fmt(knn.get(arm)):>8} "
-                     f"{fmt(a.get('linear_cka')):>7} {fmt(a.get('rsa')):>7} {fmt(a.get('weight_gap_mean')):>7}")
+        lines.append(f"{arm:<12} {r['objective']:<9} {fmt(r['loss']):>8} {fmt(knn.get(arm)):>8}")
     if align:
-        first = next(iter(align.values()))["arm_a"]
-        lines.append(f"(CKA/RSA/weight gap: test split, layer h, against arm {first!r}, last evaluation)")
+        head = f"{'pair':<24} {'epoch':>5} {'CKA':>7} {'RSA':>7} {'w-gap':>7}"
+        lines += ["", head, "-" * len(head)]
+        for (a, b), r in align.items():
+            lines.append(f"{a + ' vs ' + b:<24} {r['epoch']:>5} {fmt(r.get('linear_cka')):>7} "
+                         f"{fmt(r.get('rsa')):>7} {fmt(r.get('weight_gap_mean')):>7}")
+        lines.append("(alignment: test split, layer h, last evaluation)")
+    gaps = [r for r in rows if r["kind"] == "lossgap"]
     if gaps:
         g = gaps[-1]
         lines.append(f"last batch loss gap DCL−NSCL of {g['arm']}: {g['gap']:.4f} ≤ bound {g['bound']:.4f}")
