@@ -422,17 +422,10 @@ def make_fig3(ctx: Context) -> None:
         b0 = _mean([p["log_bound"] for p in pts if p["num_classes"] == c0])
         for p in pts:
             p["bound"] = g0 * 10 ** (p["log_bound"] - b0) if g0 is not None else None
-        fig, axes = plots.new_figure(1, 1, w=5.6)
-        ax = axes[0, 0]
-        plots._line(ax, pts, "num_classes", "gap", "measured ‖Σ_CL − Σ_NSCL‖_F (last epoch)", plots.OKABE_ITO[0])
-        plots._line(ax, pts, "num_classes", "bound", f"bound shape ∝ 1/C (normalised at C = {c0})", plots.OKABE_ITO[1], "--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("number of classes C (log scale)")
-        ax.set_ylabel("similarity gap (unitless, log scale)")
-        ax.set_title("CL–NSCL similarity gap against C (trend only)", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        fig = plots.plot_gap_vs_classes(pts, "measured ‖Σ_CL − Σ_NSCL‖_F (last epoch)",
+                                        f"bound shape ∝ 1/C (normalised at C = {c0})",
+                                        "similarity gap (unitless, log scale)",
+                                        "CL–NSCL similarity gap against C (trend only)")
         ctx.save(fig, "fig3_gap_vs_C", "Final similarity gap against C with the bound's C-dependence. " + THEORY_NOTE)
         ctx.write_csv("fig3_gap_vs_C", pts, ["num_classes", "seed", "gap", "bound", "log_bound"])
     _final_table(ctx, al, ["num_classes"], "fig3", title="Final CKA / RSA per C (seed mean)")

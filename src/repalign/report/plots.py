@@ -283,25 +283,33 @@ def plot_loss_gap(rows: Iterable[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def plot_loss_gap_vs_classes(points: Iterable[Mapping[str, Any]]) -> Figure:
-    """Loss gap against the number of classes C: ``points`` rows with ``num_classes, gap, bound`` (and
-    optionally ``seed``); log–log axes, mean and min–max band over seeds."""
+def plot_gap_vs_classes(points: Iterable[Mapping[str, Any]], gap_label: str, bound_label: str,
+                        ylabel: str, title: str) -> Figure:
+    """A measured gap and its bound against the number of classes C: ``points`` rows with
+    ``num_classes, gap, bound`` (and optionally ``seed``); log–log axes, mean and min–max band over seeds."""
     points = list(points)
     fig, axes = new_figure(1, 1, w=5.6)
     ax = axes[0, 0]
     if not points:
-        _no_data(ax, "loss-gap")
-    _line(ax, points, "num_classes", "gap", "measured L_DCL − L_NSCL (CL arm, end of training)", OKABE_ITO[0])
-    _line(ax, points, "num_classes", "bound", "bound log(1 + e^{2/τ} n_max/(N − n_max))", OKABE_ITO[1], "--")
+        _no_data(ax, "gap")
+    _line(ax, points, "num_classes", "gap", gap_label, OKABE_ITO[0])
+    _line(ax, points, "num_classes", "bound", bound_label, OKABE_ITO[1], "--")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of classes C (log scale)")
-    ax.set_ylabel("loss gap (nats, log scale)")
-    ax.set_title("loss gap vs number of classes", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     if points:
         ax.legend(fontsize=7)
     return fig
+
+
+def plot_loss_gap_vs_classes(points: Iterable[Mapping[str, Any]]) -> Figure:
+    """Loss gap L_DCL − L_NSCL and its bound against the number of classes C (see :func:`plot_gap_vs_classes`)."""
+    return plot_gap_vs_classes(points, "measured L_DCL − L_NSCL (CL arm, end of training)",
+                               "bound log(1 + e^{2/τ} n_max/(N − n_max))", "loss gap (nats, log scale)",
+                               "loss gap vs number of classes")
 
 
 def plot_train_loss(rows: Iterable[Mapping[str, Any]]) -> Figure:
