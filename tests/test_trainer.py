@@ -201,13 +201,17 @@ def test_align_command_reproduces_training_rows(tiny_cfg, tmp_path):
     CoupledTrainer(cfg, tmp_path / "run").fit()
     out = align_run(tmp_path / "run")
     got = list(csv.DictReader(open(out)))
-    want = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl", "align")]
+    want = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] in ("align", "baseline")]
     assert len(got) == len(want) > 0
-    key = lambda r: (int(r["epoch"]), r["split"], r["layer"], r["arm_a"], r["arm_b"])  # noqa: E731
+    assert {r["kind"] for r in got} == {"align", "baseline"}
+    key = lambda r: (r["kind"], int(r["epoch"]), r["split"], r["layer"], r.get("arm_a") or "",  # noqa: E731
+                     r.get("arm_b") or "")
     got_by = {key(r): r for r in got}
     for w in want:
         g = got_by[key(w)]
-        for m in ("linear_cka", "debiased_cka", "rsa", "sim_gap", "weight_gap_mean"):
+        ms = ("linear_cka", "debiased_cka", "rsa", "sim_gap") + (
+            ("weight_gap_mean", "linear_cka_rel", "rsa_rel") if w["kind"] == "align" else ())
+        for m in ms:
             assert float(g[m]) == pytest.approx(w[m], rel=1e-6, abs=1e-9), m
 
 

@@ -115,10 +115,17 @@ SCHEMA: dict[str, Key] = {
     "optim.final_lr_fraction": Key(FLOAT, 0.0, _ge(0)),
     # evaluation
     "eval.every": Key(INT, None, _ge(1), nullable=True, doc="evaluate every N epochs"),
-    "eval.schedule": Key((str, list), None, nullable=True, doc="'paper' or a list of epochs"),
+    "eval.schedule": Key((str, list), None, nullable=True,
+                         doc="'paper', 'log' (≈ eval.log_points log-spaced steps) or a list of epochs"),
+    "eval.steps": Key(LIST, None, _int_list, nullable=True, doc="extra evaluations at these global steps"),
+    "eval.log_points": Key(INT, 30, _ge(2), doc="number of log-spaced steps of eval.schedule: log"),
+    "eval.weight_every": Key(INT, None, _ge(1), nullable=True,
+                             doc="log the weight gap of every pair every N steps (cheap: no features)"),
+    "eval.untrained_baseline": Key(BOOL, True, doc="align two independently seeded untrained models at "
+                                                   "every evaluation (the zero point of CKA/RSA)"),
     "eval.max_train": Key(INT, 2000, _ge(4), doc="fixed seeded train evaluation subset size"),
     "eval.max_test": Key(INT, 2000, _ge(4)),
-    "eval.layers": Key(LIST, ["h"], lambda v: None if v and set(v) <= {"h", "z"} else f"must be a non-empty subset of ['h', 'z'], got {v!r}"),
+    "eval.layers": Key(LIST, ["h", "z"], lambda v: None if v and set(v) <= {"h", "z"} else f"must be a non-empty subset of ['h', 'z'], got {v!r}"),
     "eval.batch_size": Key(INT, 512, _ge(1)),
     "eval.rsa_rdm": Key(STR, "cosine", _choice("cosine", "correlation", "euclidean")),
     "eval.rsa_corr": Key(STR, "pearson", _choice("pearson", "spearman")),
@@ -158,7 +165,7 @@ REFUSED_ALIASES: dict[str, str] = {
     "num_classes": "data.num_classes", "classes": "data.classes", "augment": "data.augment",
     "augmentation": "data.augment", "encoder": "model.encoder",
 }
-ARM_CONTROL_KEYS = ("init_seed", "data_seed", "same_as")
+ARM_CONTROL_KEYS = ("init_seed", "data_seed", "same_as", "init_perturb")
 _REFUSED_WHY = {
     "data.": "it changes the data stream",
     "train.batch_size": "it changes the mini-batches",
@@ -253,7 +260,9 @@ class Arm:
 
     ``settings`` holds every per-arm dotted key (see :data:`ARM_KEYS`) after the arm's
     overrides; ``overrides`` only what the arm changed. ``init_seed`` / ``data_seed`` are
-    ``None`` when the arm shares the run's initial weights / data stream.
+    ``None`` when the arm shares the run's initial weights / data stream. ``init_perturb``
+    (``None`` or ε ≥ 0): the arm starts from the shared initial weights plus seeded Gaussian noise
+    of relative size ε per tensor — the *chaos-floor* control. ``same_as``: the arm it repeats.
     """
 
     name: str
@@ -262,6 +271,20 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     init_seed: int | None = None
     data_seed: int | None = None
+    init_perturb: float | None = None
+    same_as: str | None = None
+
+    @property
+    def control(self) -> str | None:
+        """Kind of control arm: ``"chaos"`` (``init_perturb``), ``"noise_seed"`` (own initialisation),
+        ``"noise_data"`` (own batches and views only) or ``None`` for an ordinary arm."""
+        if self.init_seed is not None:
+            return "noise_seed"
+        if self.data_seed is not None:
+            return "noise_data"
+        if self.init_perturb is not None:
+            return "chaos"
+        return None
 
     def get(self, dotted: str) -> Any:
         return self.settings[dotted]
@@ -275,7 +298,8 @@ class Arm:
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "settings": self.settings, "overrides": self.overrides,
-                "init_seed": self.init_seed, "data_seed": self.data_seed}
+                "init_seed": self.init_seed, "data_seed": self.data_seed, "init_perturb": self.init_perturb,
+                "same_as": self.same_as, "control": self.control}
 
 
 def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> Arm:
@@ -283,13 +307,18 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
     if not isinstance(spec, Mapping):
         raise ConfigError(f"config key {where!r}: expected a mapping like {{objective: cl}}, got {spec!r}")
     spec = dict(spec)
+    same_as = None
     if "same_as" in spec:  # control arm: repeat another arm's settings
         other = spec.pop("same_as")
         if other not in arms_raw or other == name:
             raise ConfigError(f"config key '{where}.same_as': unknown arm {other!r}")
+        if not isinstance(arms_raw[other], Mapping):
+            raise ConfigError(f"config key 'arms.{other}': expected a mapping like {{objective: cl}}, got {arms_raw[other]!r}")
         base = dict(arms_raw[other])
-        base.pop("init_seed", None), base.pop("data_seed", None), base.pop("same_as", None)
+        for k in ARM_CONTROL_KEYS:
+            base.pop(k, None)
         spec = {**base, **spec}
+        same_as = other
     if "objective" not in spec:
         raise ConfigError(f"config key '{where}.objective': missing (one of {', '.join(OBJECTIVES)})")
     objective = spec.pop("objective")
@@ -302,6 +331,16 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"config key '{where}.{s}': must be an integer >= 0, got {v!r}")
             seeds[s] = v
+    perturb = None
+    if "init_perturb" in spec:
+        v = spec.pop("init_perturb")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"config key '{where}.init_perturb': must be a finite number >= 0 "
+                              f"(relative size of the initial-weight noise), got {v!r}")
+        if seeds["init_seed"] is not None:
+            raise ConfigError(f"config key '{where}.init_perturb': perturbs the shared initialisation, "
+                              "so it cannot be combined with init_seed")
+        perturb = float(v)
     settings = {k: flat[k] for k in ARM_SECTIONS_ALLOWED}
     overrides: dict[str, Any] = {}
     for k, v in _flatten_arm(spec).items():
@@ -311,10 +350,10 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
             raise ConfigError(f"config key '{where}.{k}': cannot differ between arms because {why}; use a separate run or a sweep")
         if dotted not in ARM_SECTIONS_ALLOWED:
             raise ConfigError(f"config key '{where}.{k}': not a per-arm setting{_suggest(k, list(ARM_KEYS))}; "
-                              f"arms may set objective, init_seed, data_seed, same_as, {', '.join(ARM_KEYS)}")
+                              f"arms may set objective, {', '.join(ARM_CONTROL_KEYS)}, {', '.join(ARM_KEYS)}")
         settings[dotted] = check_value(dotted, v)
         overrides[dotted] = settings[dotted]
-    return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"])
+    return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"], perturb, same_as)
 
 
 def _flatten_arm(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -392,8 +431,8 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if flat["arms"] is None:
         flat["arms"] = copy.deepcopy(DEFAULT_ARMS)
     sched = flat["eval.schedule"]
-    if isinstance(sched, str) and sched != "paper":
-        raise ConfigError(f"config key 'eval.schedule': must be 'paper' or a list of epochs, got {sched!r}")
+    if isinstance(sched, str) and sched not in ("paper", "log"):
+        raise ConfigError(f"config key 'eval.schedule': must be 'paper', 'log' or a list of epochs, got {sched!r}")
     if isinstance(sched, list) and _int_list(sched):
         raise ConfigError(f"config key 'eval.schedule': {_int_list(sched)}")
     if flat["data.num_classes"] is not None and flat["data.classes"] is not None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .encoders import VIT_PRESETS, ResNetEncoder, SmallCNN, ViTEncoder
+from .perturb import perturb_weights, perturbation
 from .projector import LinearHead, Projector
 
 ENCODERS = ("small_cnn", "resnet18", "resnet50", "vit")
@@ -79,4 +80,5 @@ class seeded_init:
 
 
 __all__ = ["ContrastiveNet", "Projector", "LinearHead", "SmallCNN", "ResNetEncoder", "ViTEncoder",
-           "VIT_PRESETS", "ENCODERS", "build_model", "build_encoder", "seeded_init"]
+           "VIT_PRESETS", "ENCODERS", "build_model", "build_encoder", "seeded_init",
+           "perturb_weights", "perturbation"]

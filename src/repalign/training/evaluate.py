@@ -25,10 +25,11 @@ PAPER_EPOCHS = tuple(range(0, 100, 10)) + tuple(range(100, 100_001, 100))
 
 
 def eval_epochs(eval_cfg: Mapping[str, Any], epochs: int) -> set[int]:
-    """Epochs (0 = before training) at which to evaluate.
+    """Epochs (0 = before training) at which to evaluate, from the epoch-based keys.
 
     ``eval.every: n`` → 0, n, 2n, …; ``eval.schedule: paper`` → 0, 10, …, 90, 100, 200, 300, …;
     ``eval.schedule: [..]`` → that list. The final epoch is added whenever anything is scheduled.
+    (``eval.schedule: log`` and ``eval.steps`` are step-based: see :func:`eval_steps`.)
     """
     out: set[int] = set()
     if eval_cfg.get("every"):
@@ -44,6 +45,47 @@ def eval_epochs(eval_cfg: Mapping[str, Any], epochs: int) -> set[int]:
     if out:
         out.add(epochs)
     return out
+
+
+def log_steps(total_steps: int, points: int = 30) -> list[int]:
+    """≈ ``points`` log-spaced global steps from 1 to ``total_steps`` (both included), plus step 0
+    (before training); duplicates after rounding are merged, so short runs get fewer points."""
+    if total_steps < 1:
+        return [0]
+    import numpy as np
+
+    xs = np.geomspace(1, total_steps, num=max(2, points))
+    return sorted({0, total_steps, *(int(round(x)) for x in xs)})
+
+
+def eval_steps(eval_cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int, total_steps: int) -> set[int]:
+    """Global steps (number of optimiser steps done; 0 = before training) at which to evaluate.
+
+    Epoch-based keys (:func:`eval_epochs`) map epoch ``e`` to step ``e · steps_per_epoch``;
+    ``eval.schedule: log`` adds :func:`log_steps`; ``eval.steps: [..]`` adds those steps. Steps past
+    ``total_steps`` (e.g. cut by ``train.max_steps``) are dropped; the last step is added whenever
+    anything is scheduled, so every run ends with an evaluation.
+    """
+    out = {e * steps_per_epoch for e in eval_epochs(eval_cfg, epochs)}
+    if eval_cfg.get("schedule") == "log":
+        out |= set(log_steps(total_steps, int(eval_cfg.get("log_points") or 30)))
+    if eval_cfg.get("steps"):
+        bad = [s for s in eval_cfg["steps"] if not 0 <= s <= total_steps]
+        if bad:
+            raise ValueError(f"config key 'eval.steps': steps {bad} outside 0..{total_steps} (the run's last step)")
+        out |= set(eval_cfg["steps"])
+    out = {s for s in out if s <= total_steps}
+    if out:
+        out.add(total_steps)
+    return out
+
+
+def epoch_of(step: int, steps_per_epoch: int) -> int | float:
+    """The epoch value recorded for an evaluation after ``step`` steps: an ``int`` at an epoch
+    boundary, else the fractional epoch ``step / steps_per_epoch`` (rounded to 6 decimals)."""
+    if step % steps_per_epoch == 0:
+        return step // steps_per_epoch
+    return round(step / steps_per_epoch, 6)
 
 
 def eval_indices(n: int, max_n: int, seed: int, split: str) -> torch.Tensor:
@@ -65,18 +107,120 @@ def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: An
             for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"]))}
 
 
+def _layer_features(f: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
+    """Features of one layer as the metrics see them: ``h`` as extracted, ``z`` L2-normalised per
+    row — the representation the contrastive losses act on (cosine similarities)."""
+    x = f[layer]
+    return torch.nn.functional.normalize(x.double(), dim=1).to(x.dtype) if layer == "z" else x
+
+
+def pair_metrics(x: torch.Tensor, y: torch.Tensor, ev: Mapping[str, Any]) -> dict[str, float | None]:
+    """The representation metrics of one ``align``/``baseline`` row (``ALIGN_KEYS``) for features
+    ``x, y [N, d]`` of the same N samples."""
+    from repalign.metrics import representation_metrics, rsa
+
+    m = representation_metrics(x, y, debiased=True)
+    if (ev["rsa_rdm"], ev["rsa_corr"]) != ("cosine", "pearson"):
+        m["rsa"] = _value(rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"]))
+    return {k: (float(m[k]) if m[k] is not None else None) for k in _ALIGN_KEYS}
+
+
+#: Metrics expressed relative to the untrained baseline and as margins over the control pairs.
+RELATIVE_KEYS = ("linear_cka", "rsa")
+
+
+def relative_to_baseline(v: float | None, base: float | None) -> float | None:
+    """``(v − u) / (1 − u)``: 0 at the untrained baseline ``u``, 1 at identical representations."""
+    if v is None or base is None or not (base < 1.0):
+        return None
+    return (v - base) / (1.0 - base)
+
+
+def add_relative_and_margins(rows: list[dict[str, Any]], baseline: Mapping[tuple[str, str], Mapping[str, Any]],
+                             arms: Mapping[str, Any]) -> None:
+    """In place: each ``align`` row gets ``<metric>_rel`` (relative to the untrained baseline of its
+    split/layer, see :func:`relative_to_baseline`), ``control`` (the control kind of ``arm_b`` —
+    ``chaos``/``noise_data``/``noise_seed`` — when ``arm_b`` is a control of ``arm_a``) and, for every
+    control arm ``c`` of ``arm_a`` whose pair ``(arm_a, c)`` is among the rows, the margin
+    ``<metric>_over_<kind> = v(arm_a, arm_b) − v(arm_a, c)`` (same split, layer and step).
+
+    ``arms``: name → :class:`repalign.config.Arm` (``control``, ``same_as``)."""
+    def ctrl_of(a: str, b: str) -> str | None:
+        arm = arms.get(b)
+        kind = getattr(arm, "control", None)
+        return kind if kind is not None and getattr(arm, "same_as", None) == a else None
+
+    by_key = {(r["split"], r["layer"], r["arm_a"], r["arm_b"]): r for r in rows if r.get("kind") == "align"}
+    for (split, layer, a, b), r in by_key.items():
+        base = baseline.get((split, layer)) or {}
+        for m in RELATIVE_KEYS:
+            r[f"{m}_rel"] = relative_to_baseline(r.get(m), base.get(m))
+        r["control"] = ctrl_of(a, b)
+        for (s2, l2, a2, c), rc in by_key.items():
+            kind = ctrl_of(a2, c)
+            if (s2, l2, a2) != (split, layer, a) or kind is None or c == b:
+                continue
+            for m in RELATIVE_KEYS:
+                key = f"{m}_over_{kind}"
+                if key not in r and r.get(m) is not None and rc.get(m) is not None:
+                    r[key] = r[m] - rc[m]
+
+
+class UntrainedBaseline:
+    """The zero point of CKA/RSA for this architecture and data: two untrained models of the run's
+    base architecture, initialised with ``derive_seed(seed, "untrained", 0)`` and ``(…, 1)``, compared
+    on the evaluation sets. Computed once (the models never change) and logged as ``kind: baseline``
+    rows at every evaluation."""
+
+    def __init__(self, cfg: Mapping[str, Any], channels: int, image_size: int) -> None:
+        from repalign.models import build_model, seeded_init
+
+        self.nets = {}
+        for i in (0, 1):
+            with seeded_init(derive_seed(int(cfg["seed"]), "untrained", i)):
+                self.nets[f"untrained_{i}"] = build_model(cfg["model"], channels, image_size)
+        self.cfg = cfg
+        self._cache: dict[tuple[str, str], dict[str, Any]] | None = None
+
+    def metrics(self, loaders: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[tuple[str, str], dict[str, Any]]:
+        """``(split, layer) → {metric: value}`` (cached after the first call)."""
+        from repalign.evaluation import extract_features
+
+        if self._cache is None:
+            ev = self.cfg["eval"]
+            layers = tuple(ev["layers"])
+            self._cache = {}
+            for split, loader in loaders.items():
+                f, _y = extract_features({k: v.to(device) for k, v in self.nets.items()}, loader, layers=layers,
+                                         device=device)
+                for layer in layers:
+                    self._cache[(split, layer)] = pair_metrics(_layer_features(f["untrained_0"], layer),
+                                                               _layer_features(f["untrained_1"], layer), ev)
+        return self._cache
+
+    def rows(self, loaders: Mapping[str, Any], epoch: int | float, step: int,
+             device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+        return [{"kind": "baseline", "baseline": "untrained", "epoch": epoch, "step": step, "split": split,
+                 "layer": layer, **m} for (split, layer), m in self.metrics(loaders, device).items()]
+
+
 def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str, torch.Tensor] | None],
                    pairs: Iterable[tuple[str, str]], loaders: Mapping[str, Any], cfg: Mapping[str, Any],
-                   epoch: int, step: int, device: torch.device | str = "cpu",
-                   quality: bool = False) -> list[dict[str, Any]]:
-    """All alignment (``kind: align``) and quality (``kind: eval``) rows at one checkpoint.
+                   epoch: int | float, step: int, device: torch.device | str = "cpu",
+                   quality: bool = False, arms: Mapping[str, Any] | None = None,
+                   baseline: UntrainedBaseline | None = None) -> list[dict[str, Any]]:
+    """All alignment (``kind: align``), baseline (``kind: baseline``) and quality (``kind: eval``)
+    rows at one checkpoint.
 
     ``nets``: arm name → ``ContrastiveNet``; ``init``: arm name → initial state dict (``None`` for
-    arms that do not share the run's initialisation). Features: one pass per split for all nets.
-    ``quality=True`` adds linear-probe, few-shot and CDNV numbers to each arm's ``eval`` row.
+    arms that do not share the run's initialisation). Features: one pass per split for all nets;
+    layer ``z`` is L2-normalised (as the loss sees it). ``arms`` (name → :class:`~repalign.config.Arm`)
+    and ``baseline`` add the control kind, the values relative to the untrained baseline and the
+    margins over the control pairs (:func:`add_relative_and_margins`). ``quality=True`` adds
+    linear-probe, few-shot and CDNV numbers to each arm's ``eval`` row.
     """
     from repalign.evaluation import extract_features, knn_accuracy
-    from repalign.metrics import representation_metrics, rsa, weight_gap
+    from repalign.metrics import weight_gap
 
     ev = cfg["eval"]
     layers = tuple(ev["layers"])
@@ -84,6 +228,8 @@ def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str
     for split, loader in loaders.items():
         feats[split] = extract_features(dict(nets), loader, layers=layers, device=device)
     rows: list[dict[str, Any]] = []
+    base_rows = baseline.rows(loaders, epoch, step, device) if baseline is not None else []
+    rows += base_rows
     wg_cache: dict[tuple[str, str], dict[str, Any]] = {}
     for a, b in pairs:
         shared_init = init.get(a) is not None and init.get(b) is not None and _same_state(init[a], init[b])
@@ -96,18 +242,13 @@ def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str
     for split, (f, _labels) in feats.items():
         for layer in layers:
             for a, b in pairs:
-                x, y = f[a][layer], f[b][layer]
-                # two sets of d×d products give CKA, cosine/Pearson RSA, similarity gap and angle
-                m = representation_metrics(x, y, debiased=True)
-                if (ev["rsa_rdm"], ev["rsa_corr"]) != ("cosine", "pearson"):
-                    m["rsa"] = _value(rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"]))
+                m = pair_metrics(_layer_features(f[a], layer), _layer_features(f[b], layer), ev)
                 rows.append({
                     "kind": "align", "epoch": epoch, "step": step, "split": split, "layer": layer,
-                    "arm_a": a, "arm_b": b,
-                    **{k: (float(m[k]) if m[k] is not None else None) for k in _ALIGN_KEYS},
-                    "rsa_rdm": ev["rsa_rdm"], "rsa_corr": ev["rsa_corr"],
+                    "arm_a": a, "arm_b": b, **m, "rsa_rdm": ev["rsa_rdm"], "rsa_corr": ev["rsa_corr"],
                     **wg_cache[(a, b)],
                 })
+    add_relative_and_margins(rows, {(r["split"], r["layer"]): r for r in base_rows}, arms or {})
     if "train" in feats and "test" in feats:
         (ftr, ytr), (fte, yte) = feats["train"], feats["test"]
         for name in nets:
@@ -118,6 +259,20 @@ def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str
                 row.update(quality_metrics(xtr, ytr, xte, yte, seed=int(cfg["seed"])))
             rows.append(row)
     return rows
+
+
+def weight_rows(nets: Mapping[str, nn.Module], pairs: Iterable[tuple[str, str]], epoch: int | float,
+                step: int) -> list[dict[str, Any]]:
+    """``kind: weight`` rows: the weight gap of every pair (``eval.weight_every``; no features)."""
+    from repalign.metrics import weight_gap
+
+    out = []
+    for a, b in pairs:
+        wg = weight_gap(nets[a], nets[b])
+        out.append({"kind": "weight", "epoch": epoch, "step": step, "arm_a": a, "arm_b": b,
+                    "weight_gap_mean": wg["mean"], "weight_gap_sum": wg["sum"], "weight_rel_l2": wg["rel_l2"],
+                    "weight_angle_deg": wg["angle_deg"]})
+    return out
 
 
 def quality_metrics(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
@@ -161,20 +316,38 @@ class Evaluator:
                                          trainer.image_size, trainer.channels)
         # Built before any training or resume, the nets hold the (deterministic) initial weights.
         self.init = {s.name: copy.deepcopy(s.module.net.state_dict()) for s in trainer.arm_states}
+        self.baseline = (UntrainedBaseline(trainer.cfg, trainer.channels, trainer.image_size)
+                         if trainer.cfg["eval"].get("untrained_baseline", True) else None)
 
-    def __call__(self, trainer: "CoupledTrainer", epoch: int) -> None:
+    def __call__(self, trainer: "CoupledTrainer", epoch: int | float) -> None:
         if not trainer.is_main:
             return
         nets = {s.name: s.module.net for s in trainer.arm_states}
         init = {s.name: (self.init[s.name] if s.arm.init_seed is None else None) for s in trainer.arm_states}
         for row in alignment_rows(nets, init, trainer.pairs, self.loaders, trainer.cfg, epoch, trainer.step,
-                                  trainer.device):
+                                  trainer.device, arms={s.name: s.arm for s in trainer.arm_states},
+                                  baseline=self.baseline):
             trainer._log(row)
 
 
-ALIGN_FIELDS = ["epoch", "step", "split", "layer", "arm_a", "arm_b", "linear_cka", "debiased_cka", "rsa",
-                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "sim_gap_centred_rel", "repr_angle_deg",
-                "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg", "displacement_angle_deg"]
+ALIGN_FIELDS = ["kind", "baseline", "epoch", "step", "split", "layer", "arm_a", "arm_b", "control", "linear_cka",
+                "linear_cka_rel", "linear_cka_over_chaos", "linear_cka_over_noise_data", "linear_cka_over_noise_seed",
+                "debiased_cka", "rsa", "rsa_rel", "rsa_over_chaos", "rsa_over_noise_data", "rsa_over_noise_seed",
+                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "sim_gap_centred_rel",
+                "repr_angle_deg", "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg",
+                "displacement_angle_deg"]
+
+
+def model_checkpoints(ckpt_dir: Path, steps_per_epoch: int) -> list[Path]:
+    """The evaluation checkpoints of a run (``epoch_XXXX.pt`` and mid-epoch ``step_XXXXXXXX.pt``),
+    in step order."""
+    paths = list(ckpt_dir.glob("epoch_*.pt")) + list(ckpt_dir.glob("step_*.pt"))
+
+    def step_of(p: Path) -> int:
+        kind, num = p.stem.split("_", 1)
+        return int(num) * steps_per_epoch if kind == "epoch" else int(num)
+
+    return sorted(paths, key=step_of)
 
 
 def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
@@ -199,9 +372,11 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
     overrides += [f"eval.rsa_corr={rsa_corr}"] if rsa_corr else []
     cfg = load_config(run.path / "config.yaml", overrides)
     trainer = CoupledTrainer(cfg, None, evaluator=None)
-    ckpts = sorted(run.ckpt_dir.glob("epoch_*.pt"))
+    ckpts = model_checkpoints(run.ckpt_dir, trainer.steps_per_epoch)
     if not ckpts:
-        raise ValueError(f"{run.ckpt_dir} holds no epoch_XXXX.pt checkpoints (was evaluation enabled?)")
+        raise ValueError(f"{run.ckpt_dir} holds no epoch_XXXX.pt / step_XXXXXXXX.pt checkpoints (was evaluation enabled?)")
+    baseline = UntrainedBaseline(cfg, trainer.channels, trainer.image_size) if cfg["eval"]["untrained_baseline"] else None
+    arms = {s.name: s.arm for s in trainer.arm_states}
     loaders = make_eval_loaders(cfg, trainer.train_source, trainer.test_source, trainer.image_size,
                                 trainer.channels)
     # A freshly built trainer holds the run's (deterministic) initial weights, as the Evaluator does.
@@ -209,20 +384,19 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
                for s in trainer.arm_states}
     out = run.path / "alignment.csv"
     quality_rows: list[dict[str, Any]] = []
+    align_rows: list[dict[str, Any]] = []
+    for path in ckpts:
+        state = load_checkpoint(path)
+        for s in trainer.arm_states:
+            s.module.load_state_dict(state["arms"][s.name])
+        nets = {s.name: s.module.net for s in trainer.arm_states}
+        for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
+                                  trainer.device, quality=quality, arms=arms, baseline=baseline):
+            (quality_rows if row["kind"] == "eval" else align_rows).append(row)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
         w.writeheader()
-        for path in ckpts:
-            state = load_checkpoint(path)
-            for s in trainer.arm_states:
-                s.module.load_state_dict(state["arms"][s.name])
-            nets = {s.name: s.module.net for s in trainer.arm_states}
-            for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
-                                      trainer.device, quality=quality):
-                if row["kind"] == "align":
-                    w.writerow(row)
-                else:
-                    quality_rows.append(row)
+        w.writerows(align_rows)
     if layerwise:  # the trainer's modules now hold the last checkpoint's weights
         nets = {s.name: s.module.net for s in trainer.arm_states}
         for a, b in trainer.pairs:

@@ -24,7 +24,7 @@ from repalign import distributed as dist_utils
 from repalign.config import Arm, resolve_arms, resolve_pairs
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.losses import ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss
-from repalign.models import ContrastiveNet, LinearHead, build_model, seeded_init
+from repalign.models import ContrastiveNet, LinearHead, build_model, perturb_weights, seeded_init
 from repalign.seeding import derive_seed
 from repalign.training.checkpoint import load_latest, save_checkpoint
 from repalign.training.optim import build_optimizer, scaled_lr
@@ -220,6 +220,11 @@ class CoupledTrainer:
                 shared = [k for k, v in sd.items() if k in base_sd and base_sd[k].shape == v.shape]
                 unshared = [k for k in sd if k not in shared]
                 net.load_state_dict({**sd, **{k: base_sd[k] for k in shared}})
+            perturbed: dict[str, float] = {}
+            if a.init_perturb:  # chaos-floor control: shared init + seeded relative noise per tensor
+                perturbed = perturb_weights(net, a.init_perturb, derive_seed(self.seed, "init_perturb", a.name))
+                shared = [k for k in shared if f"{k}" not in perturbed]
+                unshared = unshared + sorted(perturbed)
             head = None
             if a.objective == "ce":
                 with seeded_init(derive_seed(self.seed, "head")):
@@ -292,11 +297,13 @@ class CoupledTrainer:
             save_checkpoint(self.state_dict(), self.run.ckpt_dir / "last.pt")
         self._saved_step = self.step
 
-    def save_models(self, epoch: int) -> Path | None:
-        """Weights of every arm at an evaluation epoch (for ``repalign align``)."""
+    def save_models(self, epoch: int | float) -> Path | None:
+        """Weights of every arm at an evaluation (for ``repalign align``): ``epoch_XXXX.pt`` at an
+        epoch boundary, ``step_XXXXXXXX.pt`` mid-epoch."""
         if self.run is None or not self.is_main:
             return None
-        path = self.run.ckpt_dir / f"epoch_{epoch:04d}.pt"
+        name = f"epoch_{epoch:04d}.pt" if isinstance(epoch, int) else f"step_{self.step:08d}.pt"
+        path = self.run.ckpt_dir / name
         save_checkpoint({"epoch": epoch, "step": self.step,
                          "arms": {s.name: s.module.state_dict() for s in self.arm_states}}, path,
                         keep_previous=False)
@@ -324,27 +331,51 @@ class CoupledTrainer:
                                    shard=(self.rank, self.world) if self.world > 1 else None)
         return iter(loader)
 
-    def _eval_epochs(self) -> set[int]:
-        from repalign.training.evaluate import eval_epochs
-        return eval_epochs(self.cfg["eval"], self.epochs)
+    def _eval_steps(self) -> set[int]:
+        from repalign.training.evaluate import eval_steps
+        return eval_steps(self.cfg["eval"], self.epochs, self.steps_per_epoch, self.total_steps)
 
     def _default_evaluator(self) -> Callable[["CoupledTrainer", int], None] | None:
         from repalign.training.evaluate import Evaluator
-        return Evaluator(self) if self._eval_epochs() else None
+        return Evaluator(self) if self._eval_steps() else None
+
+    def _evaluate(self) -> None:
+        """Evaluation after ``self.step`` steps: save every arm's weights, then log align/eval rows.
+        Runs before any checkpoint of the same step, so a run killed while evaluating redoes it."""
+        from repalign.training.evaluate import epoch_of
+        epoch = epoch_of(self.step, self.steps_per_epoch)
+        self.save_models(epoch)
+        assert self.evaluator is not None
+        self.evaluator(self, epoch)
+
+    def _log_weight_gaps(self) -> None:
+        """``kind: weight`` rows (weight gap of every pair, no features) — ``eval.weight_every``."""
+        from repalign.training.evaluate import epoch_of, weight_rows
+        if not self.is_main:
+            return
+        nets = {s.name: s.module.net for s in self.arm_states}
+        for row in weight_rows(nets, self.pairs, epoch_of(self.step, self.steps_per_epoch), self.step):
+            self._log(row)
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict.
 
-        ``stop_after``: checkpoint and return once the global step reaches this value (as a killed
-        or pre-empted run would); ``--resume`` continues it bit-identically.
+        Evaluations happen after the global steps of :func:`~repalign.training.evaluate.eval_steps`
+        (epoch boundaries, log-spaced steps, explicit steps — possibly mid-epoch), weight-gap rows
+        every ``eval.weight_every`` steps. ``stop_after``: checkpoint and return once the global step
+        reaches this value (as a killed or pre-empted run would); ``--resume`` continues it
+        bit-identically, with no evaluation row missing or repeated.
         """
         log_every = self.cfg["train"]["log_every"]
-        eval_at = self._eval_epochs()
+        eval_at = self._eval_steps()
+        weight_every = self.cfg["eval"].get("weight_every")
         t_start = time.perf_counter()
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        if self.step == 0 and self.evaluator is not None and 0 in eval_at:
-            self.save_models(0)
-            self.evaluator(self, 0)
+        if self.step == 0:
+            if weight_every:
+                self._log_weight_gaps()
+            if self.evaluator is not None and 0 in eval_at:
+                self._evaluate()
         bar = self._progress()
         self._open_loggers()
         try:
@@ -359,16 +390,17 @@ class CoupledTrainer:
                         bar.update(1)
                         if rows:
                             bar.set_postfix({r["arm"]: f"{r['loss']:.3f}" for r in rows if r["kind"] == "train"})
+                    if weight_every and self.step % weight_every == 0:
+                        self._log_weight_gaps()
+                    # before the checkpoint of this step: a run killed while evaluating redoes it
+                    if self.evaluator is not None and self.step in eval_at:
+                        self._evaluate()
                     if not any(s.active for s in self.arm_states):
                         break
                 if self.pos_in_epoch < self.steps_per_epoch:
                     break  # stopped mid-epoch (stop_after, max_steps or every arm stopped)
                 self.epoch += 1
                 self.pos_in_epoch = 0
-                if self.evaluator is not None and self.epoch in eval_at:
-                    self.save_models(self.epoch)
-                    self.evaluator(self, self.epoch)
-                # after the evaluation: a run killed while evaluating redoes the epoch and its rows
                 if self.epoch % self.cfg["train"]["checkpoint_every"] == 0:
                     self.save()
             if self._saved_step != self.step:
