@@ -70,7 +70,7 @@ def test_sweep_killed_midway_resumes_to_identical_summary(tmp_path, monkeypatch)
     rows = _read(full.summary)
     assert {"point", "loss.temperature", "kind", "epoch", "arm_a", "arm_b", "linear_cka", "gap"} <= set(rows[0])
     assert {r["loss.temperature"] for r in rows} == {"0.2", "0.5", "1.0"}
-    assert {r["kind"] for r in rows} == {"align", "eval", "lossgap"}
+    assert {r["kind"] for r in rows} == {"align", "baseline", "eval", "lossgap"}
 
     spec_b = tiny_spec(tmp_path / "B")
     victim = sw.expand(spec_b)[1].slug
@@ -94,10 +94,47 @@ def test_sweep_killed_midway_resumes_to_identical_summary(tmp_path, monkeypatch)
     assert again.skipped == [sw.expand(spec_b)[0].slug] and again.resumed == [victim]
     assert again.ran == [victim, sw.expand(spec_b)[2].slug]
     assert again.summary.read_text() == full.summary.read_text()
+    for name in ("aggregate.csv", "comparisons.csv"):
+        assert (tmp_path / "B" / name).read_text() == (tmp_path / "A" / name).read_text()
     # a third run trains nothing and rewrites the same summary
     third = sw.run_sweep(tiny_spec(tmp_path / "B"), log=lambda s: None)
     assert third.ran == [] and len(third.skipped) == 3
     assert third.summary.read_text() == full.summary.read_text()
+
+
+def test_two_seed_sweep_aggregates_with_confidence_intervals(tmp_path):
+    import math
+
+    from repalign.analysis import t_interval
+
+    arms = ("arms={cl: {objective: cl}, nscl: {objective: nscl}, cl_eps: {same_as: cl, init_perturb: 1.0e-6}, "
+            "cl_data: {same_as: cl, data_seed: 5}}")
+    spec = tiny_spec(tmp_path / "S", grid={"loss.temperature": [0.5, 1.0], "seed": [0, 1]},
+                     overrides=tiny_overrides(**{"train.epochs": 1}) + [arms, "eval.every=1", "train.threads=1"])
+    res = sw.run_sweep(spec, log=lambda s: None)
+    agg = _read(tmp_path / "S" / "aggregate.csv")
+    assert {"loss.temperature", "kind", "split", "layer", "arm_a", "arm_b", "control", "step", "metric", "n", "mean",
+            "std", "ci_lo", "ci_hi", "level", "method"} <= set(agg[0])
+    assert "seed" not in agg[0]
+    summary = _read(res.summary)
+    for tau in ("0.5", "1.0"):
+        cell = next(r for r in agg if r["loss.temperature"] == tau and r["kind"] == "align" and r["arm_b"] == "nscl"
+                    and r["split"] == "test" and r["layer"] == "h" and r["metric"] == "linear_cka"
+                    and r["step"] == max(r2["step"] for r2 in agg))
+        vals = [float(r["linear_cka"]) for r in summary if r["loss.temperature"] == tau and r["kind"] == "align"
+                and r["arm_b"] == "nscl" and r["split"] == "test" and r["layer"] == "h" and r["step"] == cell["step"]]
+        assert int(cell["n"]) == 2 == len(vals)
+        lo, hi = t_interval(vals)
+        assert float(cell["mean"]) == pytest.approx(sum(vals) / 2)
+        assert float(cell["ci_lo"]) == pytest.approx(lo) and float(cell["ci_hi"]) == pytest.approx(hi)
+        assert math.isfinite(float(cell["std"]))
+    base = [r for r in agg if r["kind"] == "baseline" and r["metric"] == "linear_cka"]
+    assert base and all(r["n"] == "2" for r in base)
+    comp = _read(tmp_path / "S" / "comparisons.csv")
+    kinds = {(r["pair"], r["versus"], r["versus_role"]) for r in comp}
+    assert ("cl/nscl", "cl/cl_eps", "chaos") in kinds and ("cl/nscl", "cl/cl_data", "noise_data") in kinds
+    assert ("cl/nscl", "untrained/untrained", "untrained") in kinds
+    assert {r["verdict"] for r in comp} <= {"higher", "lower", "undecided"}
 
 
 def test_sweep_local_processes_match_inline(tmp_path):

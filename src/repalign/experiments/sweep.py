@@ -17,7 +17,12 @@ Layout::
     OUT/configs/<slug>.yaml          resolved config of each point
     OUT/points/<slug>/               the point's run directory (+ DONE marker once training finished)
     OUT/logs/<slug>.log              stdout/stderr of a subprocess point
-    OUT/summary.csv                  align / eval / lossgap rows of every point, one column per grid key
+    OUT/summary.csv                  align / baseline / eval / lossgap / weight rows of every point, one column
+                                     per grid key
+    OUT/aggregate.csv                per condition (grid point without its seed) × kind × pair × split × layer ×
+                                     evaluation step × metric: n, mean, std, 95 % CI over seeds
+    OUT/comparisons.csv              paired per-seed differences between pairs (objective vs control pairs,
+                                     vs other objectives, vs the untrained baseline) with CI and verdict
 
 A point with a ``DONE`` marker is skipped on re-run; a point with a checkpoint but no marker is
 resumed (``--resume``, bitwise-exact continuation by the trainer); a point directory without a
@@ -44,7 +49,7 @@ import yaml
 from repalign.config import ConfigError, dump_config, load_config, parse_override
 
 DONE = "DONE"
-SUMMARY_KINDS = ("align", "eval", "lossgap")
+SUMMARY_KINDS = ("align", "baseline", "eval", "lossgap", "weight")
 FIRST_COLUMNS = ["kind", "epoch", "step", "split", "layer", "arm_a", "arm_b", "arm"]
 SPEC_KEYS = {"base", "overrides", "grid", "product", "out", "processes", "launcher", "slurm", "name",
              "threads_per_process"}
@@ -415,7 +420,9 @@ def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -
 
 
 def write_summary(out: str | Path, points: Sequence[Point] | None = None, grid_keys: Sequence[str] | None = None) -> Path:
-    """(Re)write ``OUT/summary.csv`` from the finished points; deterministic given the points' metrics."""
+    """(Re)write ``OUT/summary.csv`` from the finished points, and the seed aggregation
+    ``aggregate.csv`` / ``comparisons.csv`` (:func:`write_aggregates`); deterministic given the points'
+    metrics. Each file is written to a temporary name and renamed."""
     out = Path(out)
     if points is None or grid_keys is None:
         st = load_sweep_state(out)
@@ -425,14 +432,35 @@ def write_summary(out: str | Path, points: Sequence[Point] | None = None, grid_k
     rest = sorted({k for r in rows for k in r} - set(grid_keys) - set(FIRST_COLUMNS) - {"point"})
     cols = ["point", *grid_keys, *FIRST_COLUMNS, *rest]
     path = out / "summary.csv"
+    _write_csv(path, rows, cols)
+    write_aggregates(out, rows, [k for k in grid_keys if k != "seed"])
+    return path
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=list(cols), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: _cell(r.get(k)) for k in cols})
     os.replace(tmp, path)
-    return path
+
+
+def write_aggregates(out: Path, rows: Sequence[Mapping[str, Any]], group_keys: Sequence[str]) -> tuple[Path, Path]:
+    """``aggregate.csv`` (mean, std, n, 95 % CI over seeds per condition × pair × split × layer ×
+    evaluation point × metric) and ``comparisons.csv`` (paired differences between pairs)."""
+    from repalign.analysis import aggregate_rows, comparison_rows
+    from repalign.analysis.aggregate import AGG_ID
+
+    agg = aggregate_rows(rows, group_keys)
+    p1 = out / "aggregate.csv"
+    _write_csv(p1, agg, [*group_keys, *AGG_ID, "metric", "n", "mean", "std", "ci_lo", "ci_hi", "level", "method"])
+    comp = comparison_rows(rows, group_keys)
+    p2 = out / "comparisons.csv"
+    _write_csv(p2, comp, [*group_keys, "split", "layer", "step", "metric", "pair", "versus", "versus_role", "n",
+                          "diff_mean", "diff_std", "ci_lo", "ci_hi", "level", "verdict"])
+    return p1, p2
 
 
 def read_summary(path: str | Path) -> list[dict[str, Any]]:
