@@ -31,12 +31,16 @@ Conventions shared by every function here
   non-floating / non-finite entries, ``labels`` not an integer ``[B]`` tensor, τ not finite and
   > 0, unknown objective. DCL additionally needs B ≥ 2 (otherwise every denominator is empty,
   which is always a configuration bug rather than a data accident). The finiteness check costs one
-  device synchronisation per call.
+  device synchronisation per call; inside ``with unchecked_inputs():`` the data-dependent checks
+  (non-finite entries, the label range of ``ce_loss``) are skipped — for callers such as the
+  trainer that check the values themselves without a sync per call.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -105,6 +109,29 @@ def _check_temperature(temperature) -> float:
     return t
 
 
+_CHECKS = threading.local()
+
+
+@contextlib.contextmanager
+def unchecked_inputs():
+    """Skip the data-dependent input checks (non-finite entries of ``z``/``logits``, the label
+    range of :func:`ce_loss`), each of which costs a device→host sync, in this thread.
+
+    Shape, dtype and temperature checks stay. The caller takes over the responsibility: a
+    non-finite input then gives a non-finite loss instead of a ``ValueError``.
+    """
+    before = getattr(_CHECKS, "off", False)
+    _CHECKS.off = True
+    try:
+        yield
+    finally:
+        _CHECKS.off = before
+
+
+def _checks_on() -> bool:
+    return not getattr(_CHECKS, "off", False)
+
+
 def _check_z(z, name: str = "z") -> Tuple[int, int, int]:
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape [K, B, d], got {type(z).__name__}")
@@ -119,7 +146,7 @@ def _check_z(z, name: str = "z") -> Tuple[int, int, int]:
         raise ValueError(f"{name} must have B >= 1 samples (shape [K, B, d]), got B={B}")
     if d < 1:
         raise ValueError(f"{name} must have embedding dim d >= 1 (shape [K, B, d]), got d={d}")
-    if not bool(torch.isfinite(z).all()):
+    if _checks_on() and not bool(torch.isfinite(z).all()):
         n_bad = int((~torch.isfinite(z)).sum())
         raise ValueError(f"{name} contains {n_bad} non-finite (NaN/inf) entries")
     return K, B, d
@@ -373,10 +400,10 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     K, B, C = logits.shape
     if K < 1 or B < 1 or C < 1:
         raise ValueError(f"logits must have K, B, C >= 1, got shape {tuple(logits.shape)}")
-    if not bool(torch.isfinite(logits).all()):
+    if _checks_on() and not bool(torch.isfinite(logits).all()):
         raise ValueError("logits contains non-finite (NaN/inf) entries")
     labels = _check_labels(labels, B, logits.device, required=True)
-    if bool((labels < 0).any()) or bool((labels >= C).any()):
+    if _checks_on() and (bool((labels < 0).any()) or bool((labels >= C).any())):
         raise ValueError(
             f"labels must lie in [0, C) = [0, {C}), got min {int(labels.min())}, max {int(labels.max())}"
         )

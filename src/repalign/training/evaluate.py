@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -228,6 +229,14 @@ def alignment_rows(nets: Mapping[str, nn.Module], init: Mapping[str, Mapping[str
     for split, loader in loaders.items():
         feats[split] = extract_features(dict(nets), loader, layers=layers, device=device)
     rows: list[dict[str, Any]] = []
+    # An arm stopped on non-finite values keeps its last good weights, whose features can still
+    # overflow: leave it out of the metrics (an event row says so) instead of failing or logging NaN.
+    bad = [n for n in nets if any(not bool(torch.isfinite(t).all()) for f, _y in feats.values() for t in f[n].values())]
+    if bad:
+        rows.append({"kind": "event", "epoch": epoch, "step": step, "arm": None,
+                     "message": f"non-finite features of {', '.join(bad)}: left out of the metrics at step {step}"})
+        nets = {n: m for n, m in nets.items() if n not in bad}
+        pairs = [(a, b) for a, b in pairs if a in nets and b in nets]
     base_rows = baseline.rows(loaders, epoch, step, device) if baseline is not None else []
     rows += base_rows
     wg_cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -393,20 +402,26 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
         for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
                                   trainer.device, quality=quality, arms=arms, baseline=baseline):
             (quality_rows if row["kind"] == "eval" else align_rows).append(row)
-    with open(out, "w", newline="") as f:
+    align_rows = [r for r in align_rows if r["kind"] != "event"]
+    # written under a temp name and renamed: a failure leaves the previous file (or none)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(align_rows)
+    os.replace(tmp, out)
     if layerwise:  # the trainer's modules now hold the last checkpoint's weights
         nets = {s.name: s.module.net for s in trainer.arm_states}
         for a, b in trainer.pairs:
             write_layerwise(nets[a], nets[b], loaders["test"], run.path / f"layerwise_{a}_{b}", (a, b))
     if quality:
         fields = list(dict.fromkeys(k for r in quality_rows for k in r if k != "kind"))
-        with open(run.path / "quality.csv", "w", newline="") as f:
+        tmp = run.path / f".quality.csv.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows([{k: v for k, v in r.items() if k != "kind"} for r in quality_rows])
+        os.replace(tmp, run.path / "quality.csv")
     return out
 
 

@@ -10,7 +10,6 @@ sharded across ranks and each arm is wrapped in DDP.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,12 +21,17 @@ from torch import nn
 
 from repalign import distributed as dist_utils
 from repalign.config import Arm, resolve_arms, resolve_pairs
+from repalign.config import ConfigError
+from repalign.errors import DataError
+from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.losses import ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss
+from repalign.losses.functional import unchecked_inputs
 from repalign.models import ContrastiveNet, LinearHead, build_model, perturb_weights, seeded_init
 from repalign.seeding import derive_seed
 from repalign.training.checkpoint import load_latest, save_checkpoint
 from repalign.training.optim import build_optimizer, scaled_lr
+from repalign.training.lock import RunLock
 from repalign.training.rundir import RunDir
 from repalign.training.schedule import build_scheduler
 
@@ -36,7 +40,11 @@ _LOSS_NAME = {"cl": "dcl", "dcl": "dcl", "ntxent": "ntxent", "nscl": "nscl", "sc
 
 
 class NonFiniteError(RuntimeError):
-    """Raised when ``train.on_nonfinite: stop_run`` and an arm's loss or gradient is non-finite."""
+    """Raised when ``train.on_nonfinite: stop_run`` and an arm's embeddings, logits, loss or gradient
+    norm is non-finite; ``checkpoints/last.pt`` then holds the state before that step (the CLI
+    exits with code 3)."""
+
+    exit_code = 3
 
 
 class ArmModule(nn.Module):
@@ -106,6 +114,28 @@ def _source_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
                 max_per_class=per_class, **kw)
 
 
+def check_data_root(cfg: Mapping[str, Any]) -> None:
+    """A ``data.root`` that does not exist is an error (not silently ignored by sources that do not
+    read files), unless ``data.download`` will create it."""
+    root = cfg["data"].get("root")
+    if root is not None and not cfg["data"].get("download") and not Path(root).expanduser().exists():
+        raise DataError(f"config key 'data.root': {root!r} does not exist (set data.download=true to download into it)")
+
+
+def _build_source(cfg: Mapping[str, Any], split: str) -> Any:
+    """``build_source`` for one split of ``cfg["data"]``; a missing or unreadable dataset becomes a
+    one-line :class:`~repalign.errors.DataError` naming the source and what to set."""
+    name = cfg["data"]["source"]
+    check_data_root(cfg)
+    try:
+        return build_source(name, split, **_source_kwargs(cfg, split))
+    except DataError:
+        raise
+    except (FileNotFoundError, OSError, RuntimeError) as e:
+        msg = " ".join(str(e).split())
+        raise DataError(f"config key 'data.source': {name!r} ({split} split) is not available: {msg}") from e
+
+
 def _recipe(augment: str, image_size: int) -> str:
     """``auto``: SimCLR's CIFAR recipe below 96 px, its ImageNet recipe (with blur) above; the data
     module turns either into its grayscale variant for 1-channel images."""
@@ -137,12 +167,11 @@ class CoupledTrainer:
             torch.set_num_threads(cfg["train"]["threads"])
         self.arms_cfg = resolve_arms(self.cfg)
         self.pairs = resolve_pairs(self.cfg, self.arms_cfg)
-        self.run = RunDir(run_dir, write=self.is_main) if run_dir is not None else None
         # ---- data
         d = cfg["data"]
         if sources is None:
-            self.train_source = build_source(d["source"], "train", **_source_kwargs(cfg, "train"))
-            self.test_source = build_source(d["source"], "test", **_source_kwargs(cfg, "test"))
+            self.train_source = _build_source(cfg, "train")
+            self.test_source = _build_source(cfg, "test")
         else:
             self.train_source, self.test_source = sources
         self.channels = self.train_source.channels
@@ -151,9 +180,9 @@ class CoupledTrainer:
         self.num_views = d["views"]
         self.batch_size = cfg["train"]["batch_size"]
         if self.batch_size % self.world:
-            raise ValueError(f"config key 'train.batch_size': {self.batch_size} is not divisible by the world size {self.world}")
+            raise ConfigError(f"config key 'train.batch_size': {self.batch_size} is not divisible by the world size {self.world}")
         if self.batch_size > len(self.train_source):
-            raise ValueError(f"config key 'train.batch_size': {self.batch_size} exceeds the {len(self.train_source)} training samples")
+            raise ConfigError(f"config key 'train.batch_size': {self.batch_size} exceeds the {len(self.train_source)} training samples")
         self.streams: dict[str, dict[str, Any]] = {}
         for a in self.arms_cfg:
             key = self._stream_key(a)
@@ -169,7 +198,7 @@ class CoupledTrainer:
                 }
         self.steps_per_epoch = len(self.streams["shared" if "shared" in self.streams else next(iter(self.streams))]["sampler"])
         if self.steps_per_epoch < 1:
-            raise ValueError("config key 'train.batch_size': larger than the training set; no full batch")
+            raise ConfigError("config key 'train.batch_size': larger than the training set; no full batch")
         self.epochs = cfg["train"]["epochs"]
         self.total_steps = self.epochs * self.steps_per_epoch
         if cfg["train"]["max_steps"]:
@@ -184,11 +213,18 @@ class CoupledTrainer:
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
         self._tb = None
         self._wandb = None
-        if resume:
-            self._resume()
-        elif self.run is not None:
-            self.run.write_config(self.cfg)
-            self.run.write_meta(self._meta())
+        # The run directory is locked and written only once data and models are built, so a
+        # failed start leaves nothing behind; its lock is released at the end of fit() (or close()).
+        self.run = RunDir(run_dir, write=self.is_main) if run_dir is not None else None
+        try:
+            if resume:
+                self._resume()
+            elif self.run is not None:
+                self.run.write_config(self.cfg)
+                self.run.write_meta(self._meta())
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -294,6 +330,7 @@ class CoupledTrainer:
     def save(self) -> None:
         """Write ``checkpoints/last.pt`` atomically (the previous one is kept as ``last.prev.pt``)."""
         if self.run is not None and self.is_main:
+            self.run.sync()  # the rows this checkpoint covers reach the disk first
             save_checkpoint(self.state_dict(), self.run.ckpt_dir / "last.pt")
         self._saved_step = self.step
 
@@ -311,7 +348,8 @@ class CoupledTrainer:
 
     def _resume(self) -> None:
         assert self.run is not None
-        state, used, problems = load_latest(self.run.ckpt_dir / "last.pt", map_location=self.device)
+        # loaded on the CPU (verified there); load_state_dict copies to the device
+        state, used, problems = load_latest(self.run.ckpt_dir / "last.pt", map_location="cpu")
         for p in problems:
             print(f"repalign: warning: {p}; using {used.name}", file=sys.stderr)
         self.load_state_dict(state)
@@ -376,6 +414,7 @@ class CoupledTrainer:
                 self._log_weight_gaps()
             if self.evaluator is not None and 0 in eval_at:
                 self._evaluate()
+        self._hold_lock()
         bar = self._progress()
         self._open_loggers()
         try:
@@ -409,17 +448,29 @@ class CoupledTrainer:
             if bar is not None:
                 bar.close()
             self._close_loggers()
+            self.close()
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.perf_counter() - t_start,
                 "arms": {s.name: {"active": s.active, "stop_reason": s.stop_reason} for s in self.arm_states}}
 
     def train_step(self, batches: Mapping[str, tuple[torch.Tensor, ...]], log: bool = False) -> list[dict[str, Any]]:
-        """One optimiser step of every active arm on its stream's batch; returns logged rows."""
+        """One optimiser step of every active arm on its stream's batch; returns logged rows.
+
+        Two phases, so that watching for non-finite values costs one device→host transfer per step
+        rather than one per arm: (1) every active arm runs its forward and backward pass and records,
+        on the device, whether its embeddings, logits, loss and gradient norm are finite; (2) after
+        one transfer of all flags and losses (and, under DDP, one all-reduce), the arms whose values
+        are finite take their optimiser step. An arm with a non-finite value takes no step and gets
+        its BN buffers back, so it stays at its last good state; ``train.on_nonfinite`` decides
+        whether it stops alone (``stop_arm``) or the run stops (``stop_run``: no arm takes this
+        step, a checkpoint of the state before it is written, :class:`NonFiniteError` is raised).
+        """
         rows: list[dict[str, Any]] = []
         epoch_f = self.step / self.steps_per_epoch
         inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for key, (views, labels, _idx) in batches.items():
             x = views.to(self.device, non_blocking=True).flatten(0, 1)  # [K·B, C, H, W], view-major
             inputs[key] = (x, labels.to(self.device))
+        pending: list[dict[str, Any]] = []
         for s in self.arm_states:
             if not s.active:
                 continue
@@ -429,38 +480,96 @@ class CoupledTrainer:
             # leaves the arm exactly at its last good state (buffers are small: a few vectors).
             buffers = list(s.module.buffers())
             saved = [b.clone() for b in buffers]
-            loss, z = self._forward_loss(s, x, labels)
-            loss_val = float(dist_utils.all_reduce_mean(loss.detach()))
-            if not math.isfinite(loss_val):
-                torch._foreach_copy_(buffers, saved) if buffers else None
-                self._nonfinite(s, "loss", loss_val)
-                continue
+            loss, z, logits = self._forward_loss(s, x, labels)
             s.optimizer.zero_grad(set_to_none=True)
             s.scaler.scale(loss).backward()
             s.scaler.unscale_(s.optimizer)
             clip = s.arm.get("train.grad_clip")
             gnorm = torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip if clip else float("inf"))
-            if not s.scaler.is_enabled() and not torch.isfinite(gnorm):
-                torch._foreach_copy_(buffers, saved) if buffers else None
-                self._nonfinite(s, "gradient norm", float(gnorm))
-                s.optimizer.zero_grad(set_to_none=True)
+            true = torch.ones((), dtype=torch.bool, device=loss.device)
+            finite = torch.stack([
+                torch.isfinite(z).all(),
+                torch.isfinite(logits).all() if logits is not None else true,
+                torch.isfinite(loss.detach()),
+                # with an fp16 scaler, inf gradients are expected: the scaler skips the step itself
+                torch.isfinite(gnorm.to(loss.device)) if not s.scaler.is_enabled() else true,
+            ])
+            pending.append({"s": s, "buffers": buffers, "saved": saved, "loss": loss.detach().float(), "z": z,
+                            "logits": logits, "gnorm": gnorm, "finite": finite, "labels": labels,
+                            "dt": time.perf_counter() - t0})
+        if not pending:
+            return rows
+        fault_point("step.forward")
+        # one transfer (one all-reduce under DDP) for every arm: bad counts and losses
+        vec = torch.cat([torch.stack([(~p["finite"]).float() for p in pending]).flatten(),
+                         torch.stack([p["loss"] for p in pending])])
+        vals = dist_utils.all_reduce_mean(vec).tolist()
+        n = len(pending)
+        bad: list[tuple[dict[str, Any], str, str]] = []
+        for i, p in enumerate(pending):
+            p["loss_val"] = vals[4 * n + i]
+            flags = vals[4 * i: 4 * i + 4]
+            if any(f > 0 for f in flags):
+                what = ("embeddings", "logits", "loss", "gradient norm")[next(j for j, f in enumerate(flags) if f > 0)]
+                bad.append((p, what, self._nonfinite_value(p, what)))
+        if bad and self.cfg["train"]["on_nonfinite"] == "stop_run":
+            for p in pending:  # nobody takes this step: the checkpoint holds the state before it
+                self._undo_forward(p)
+            for p, what, value in bad:
+                self._nonfinite(p["s"], what, value)
+            self.save()
+            where = self.run.ckpt_dir / "last.pt" if self.run is not None else "no run directory"
+            raise NonFiniteError(f"{bad[0][0]['s'].stop_reason}; run stopped (train.on_nonfinite=stop_run), "
+                                 f"checkpoint of step {self.step}: {where}")
+        bad_ids = {id(p["s"]) for p, _, _ in bad}
+        reasons = {id(p["s"]): (what, value) for p, what, value in bad}
+        stepped = 0
+        for p in pending:
+            s = p["s"]
+            if id(s) in bad_ids:
+                self._undo_forward(p)
+                self._nonfinite(s, *reasons[id(s)])
                 continue
+            t0 = time.perf_counter()
             s.scaler.step(s.optimizer)
             s.scaler.update()
             s.scheduler.step()
-            dt = time.perf_counter() - t0
+            stepped += 1
+            if stepped == 1:
+                fault_point("step.update")
+            dt = p["dt"] + time.perf_counter() - t0
             if log:
                 lr = s.optimizer.param_groups[0]["lr"]
                 rows.append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
-                             "objective": s.arm.objective, "loss": loss_val, "lr": lr,
-                             "grad_norm": float(gnorm), "samples_per_s": self.batch_size / max(dt, 1e-9)})
+                             "objective": s.arm.objective, "loss": p["loss_val"], "lr": lr,
+                             "grad_norm": float(p["gnorm"]), "samples_per_s": self.batch_size / max(dt, 1e-9)})
                 if s.arm.objective in CL_OBJECTIVES:
-                    rows.append(self._loss_gap_row(s, z, labels, epoch_f))
+                    rows.append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f))
         for r in rows:
             self._log(r)
         return rows
 
-    def _forward_loss(self, s: ArmState, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _undo_forward(p: Mapping[str, Any]) -> None:
+        """Put an arm back to its state before this step's forward pass (BN buffers, no gradients)."""
+        if p["buffers"]:
+            torch._foreach_copy_(p["buffers"], p["saved"])
+        p["s"].optimizer.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _nonfinite_value(p: Mapping[str, Any], what: str) -> str:
+        """What was non-finite, for the event message (a host sync, only on the rare bad path)."""
+        if what in ("embeddings", "logits"):
+            t = p["z"] if what == "embeddings" else p["logits"]
+            return f"{int((~torch.isfinite(t)).sum())} of {t.numel()} entries"
+        return str(float(p["loss"] if what == "loss" else p["gnorm"]))
+
+    def _forward_loss(self, s: ArmState, x: torch.Tensor, labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Forward pass and loss of one arm → ``(loss, z [K, B, d], logits [K, B, C] or None)``.
+
+        The loss functions' own input checks (non-finite entries, label range) need a host sync
+        each; they are skipped here because :meth:`train_step` checks every arm's values itself."""
         s.module.train()
         model = s.wrapped if s.wrapped is not None else s.module
         dtype = _autocast_dtype(s.arm.get("train.precision"))
@@ -468,12 +577,14 @@ class CoupledTrainer:
             _h, z, logits = model(x)
         k = self.num_views
         z = z.float().reshape(k, -1, z.shape[-1])
-        if logits is not None:
-            loss = ce_loss(logits.float().reshape(k, -1, logits.shape[-1]), labels)
-        else:
-            assert s.loss_fn is not None
-            loss = s.loss_fn(z, labels)
-        return loss, z
+        with unchecked_inputs():
+            if logits is not None:
+                logits = logits.float().reshape(k, -1, logits.shape[-1])
+                loss = ce_loss(logits, labels)
+            else:
+                assert s.loss_fn is not None
+                loss = s.loss_fn(z, labels)
+        return loss, z, logits
 
     def _loss_gap_row(self, s: ArmState, z: torch.Tensor, labels: torch.Tensor, epoch_f: float) -> dict[str, Any]:
         """Per-batch DCL − NSCL of a CL arm on its own (global) embeddings, and the bound."""
@@ -486,7 +597,8 @@ class CoupledTrainer:
         return {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name, "dcl": dcl,
                 "nscl": nscl, "gap": dcl - nscl, "bound": bound}
 
-    def _nonfinite(self, s: ArmState, what: str, value: float) -> None:
+    def _nonfinite(self, s: ArmState, what: str, value: str) -> None:
+        """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event."""
         msg = (f"arm {s.name!r} (objective {s.arm.objective}) stopped at step {self.step}: "
                f"non-finite {what} ({value}); its last good weights are kept")
         s.active = False
@@ -494,9 +606,15 @@ class CoupledTrainer:
         if self.is_main:
             print(f"repalign: {msg}", file=sys.stderr)
         self._log({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
-        if self.cfg["train"]["on_nonfinite"] == "stop_run":
-            self.save()
-            raise NonFiniteError(msg)
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does this when it ends; idempotent)."""
+        if self.run is not None:
+            self.run.close()
+
+    def _hold_lock(self) -> None:
+        if self.run is not None and self.run.write and self.run.lock is None:
+            self.run.lock = RunLock(self.run.path).acquire()
 
     # ------------------------------------------------------------------ logging
     def _log(self, row: Mapping[str, Any]) -> None:
