@@ -1,15 +1,20 @@
 """Command line: ``repalign train CONFIG [key=value ...]``, ``repalign align RUN_DIR``, ...
 
-Config errors print one line ``repalign: error: config key 'x': ...`` and exit with status 2.
+Every error the user can fix prints one line ``repalign: error: ...`` naming the key, file or
+path; exit codes (see :mod:`repalign.errors`): 2 bad input, 3 stopped on non-finite values
+(``train.on_nonfinite=stop_run``), 4 run directory in use by another process, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from repalign.config import ConfigError, load_config
+from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_line
 
 
 def _resolve_config_path(path: str) -> str:
@@ -55,24 +60,33 @@ def summary_table(run_dir: str | Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import shutil
-
     from repalign.training import default_run_dir, train
+    from repalign.training.lock import RunLock
+    from repalign.training.rundir import clear_run_dir
 
     cfg = load_config(_resolve_config_path(args.config), args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    ckpts = run_dir / "checkpoints"
-    has_ckpt = (ckpts / "last.pt").exists() or (ckpts / "last.prev.pt").exists()
-    resume = args.resume or (args.resume_if_possible and has_ckpt)
-    if resume and not has_ckpt:
-        raise ConfigError(f"--resume: no checkpoint in {str(run_dir)!r}")
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        if not (args.overwrite or args.resume_if_possible):
-            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
-        shutil.rmtree(run_dir)
-    if resume:  # the run's own resolved config, plus any overrides given now
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
-    trainer = train(cfg, run_dir, resume=resume)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    # One writer per run directory: the lock is taken before anything is looked at or deleted
+    # (and the trainer takes it again); if this start fails, no empty run folder is left behind.
+    lock = RunLock(run_dir).acquire() if main_rank else None
+    try:
+        ckpts = run_dir / "checkpoints"
+        has_ckpt = (ckpts / "last.pt").exists() or (ckpts / "last.prev.pt").exists()
+        resume = args.resume or (args.resume_if_possible and has_ckpt)
+        if resume and not has_ckpt:
+            raise ConfigError(f"--resume: no checkpoint in {str(run_dir)!r}")
+        if not resume:
+            if (run_dir / "metrics.jsonl").exists() and not (args.overwrite or args.resume_if_possible):
+                raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
+            if (args.overwrite or args.resume_if_possible) and main_rank:
+                clear_run_dir(run_dir, everything=args.overwrite == "all")  # only what repalign wrote
+        if resume:  # the run's own resolved config, plus any overrides given now
+            cfg = load_config(run_dir / "config.yaml", args.overrides)
+        trainer = train(cfg, run_dir, resume=resume)
+    finally:
+        if lock is not None:
+            lock.release()
     if trainer.is_main:
         print(summary_table(run_dir))
         print(f"run directory: {run_dir}")
@@ -81,9 +95,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_align(args: argparse.Namespace) -> int:
     from repalign.training.evaluate import align_run
+    from repalign.training.lock import RunLock
 
-    out = align_run(args.run_dir, max_train=args.max_train, max_test=args.max_test, layers=args.layers,
-                    rsa_corr=args.rsa_corr, quality=args.quality, layerwise=args.layerwise)
+    if not (Path(args.run_dir) / "config.yaml").is_file():
+        raise UserError(f"{str(args.run_dir)!r} is not a run directory (no config.yaml)")
+    with RunLock(args.run_dir):  # align writes alignment.csv (+ quality.csv, layerwise_*)
+        out = align_run(args.run_dir, max_train=args.max_train, max_test=args.max_test, layers=args.layers,
+                        rsa_corr=args.rsa_corr, quality=args.quality, layerwise=args.layerwise)
     print(f"wrote {out}")
     return 0
 
@@ -98,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     t.add_argument("--resume-if-possible", action="store_true",
                    help="resume when the run directory has a checkpoint, else start afresh (for launchers)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--overwrite", nargs="?", const="run", choices=["run", "all"], default=None,
+                   help="replace an existing run: delete what repalign wrote there (refused if the directory "
+                        "holds other files); --overwrite=all deletes everything in it")
     t.set_defaults(func=cmd_train)
     a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints → alignment.csv")
     a.add_argument("run_dir")
@@ -120,22 +140,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _describe_oserror(e: OSError) -> str:
+    what = f"{e.strerror or e}"
+    where = f" {e.filename!s}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return f"no space left writing{where} ({what}); free space, then continue with --resume"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {what} (is the run directory read-only?)"
+    return f"{what}:{where}" if where else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a bare --overwrite must not swallow the key=value after it as its optional value
+    argv = ["--overwrite=run" if a == "--overwrite" else a for a in argv]
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides given after an option (argparse does not intermix positionals)
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides or []) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if os.environ.get("REPALIGN_PARENT_PID", "").isdigit():  # a sweep worker: die with the sweep
+        from repalign.experiments.sweep import die_with_parent
+
+        die_with_parent(int(os.environ.pop("REPALIGN_PARENT_PID")))
+    from repalign.training.checkpoint import CheckpointError
+    from repalign.training.trainer import NonFiniteError
+
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"repalign: error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, UserError, CheckpointError, NonFiniteError) as e:
+        print(f"repalign: error: {one_line(e)}", file=sys.stderr)
+        return int(getattr(e, "exit_code", EXIT_BAD_INPUT))
+    except ValueError as e:  # a config check made where the value is used (e.g. the eval schedule)
+        if not str(e).startswith("config key"):
+            raise
+        print(f"repalign: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a read-only or full run directory, a file that vanished
+        print(f"repalign: error: {_describe_oserror(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("repalign: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

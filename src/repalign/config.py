@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -241,17 +242,57 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e9``, ``1e-3``, ``-2E+5`` as floats (YAML 1.2; YAML 1.1
+    wants a dot in the mantissa and would give the string ``"1e9"``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a PyYAML error, on one line."""
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"at byte {e.position}: unacceptable character {chr(e.character)!r}" if isinstance(e.character, int) \
+            else f"at byte {e.position}: {e.reason}"
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    return where + " ".join(str(problem).split())
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"loss.temperature=0.1"`` → ``("loss.temperature", 0.1)``; the value is parsed as YAML."""
+    """``"loss.temperature=0.1"`` → ``("loss.temperature", 0.1)``; the value is parsed as YAML
+    (``1e9`` and ``1e-3`` are floats)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:  # pragma: no cover - yaml messages vary
-        raise ConfigError(f"config key {key!r}: cannot parse value {raw!r}: {e}".splitlines()[0]) from None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key {key!r}: cannot parse value {raw!r}: {_yaml_error(e)}") from None
     return key, value
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Parse a YAML file; every problem (unreadable, not UTF-8 text, broken YAML with its line and
+    column) is a one-line :class:`ConfigError` naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not YAML text: byte {e.object[e.start]:#04x} at offset {e.start} "
+                          "is not UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {e.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {_yaml_error(e)}") from None
 
 
 @dataclass
@@ -351,7 +392,10 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
         if dotted not in ARM_SECTIONS_ALLOWED:
             raise ConfigError(f"config key '{where}.{k}': not a per-arm setting{_suggest(k, list(ARM_KEYS))}; "
                               f"arms may set objective, {', '.join(ARM_CONTROL_KEYS)}, {', '.join(ARM_KEYS)}")
-        settings[dotted] = check_value(dotted, v)
+        try:
+            settings[dotted] = check_value(dotted, v)
+        except ConfigError as e:  # name the arm's key, not the run-level key it maps to
+            raise ConfigError(str(e).replace(f"config key {dotted!r}", f"config key '{where}.{k}'", 1)) from None
         overrides[dotted] = settings[dotted]
     return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"], perturb, same_as)
 
@@ -459,11 +503,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = read_yaml_file(p)
+        if loaded is None or loaded == {}:  # refuse: it would silently start a default (hours-long) run
+            raise ConfigError(f"config file {str(p)!r} is empty: it sets no key (give at least data.source, or "
+                              "use a bundled config such as demo)")
         if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys at top level, "
+                              f"got {type(loaded).__name__}")
         cfg = dict(loaded)
         cfg.setdefault("name", p.stem)
     flat = flatten(cfg)

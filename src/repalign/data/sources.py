@@ -518,11 +518,12 @@ def _locate_idx(name: str, split: str, root, download: bool | None) -> tuple[Pat
             return ip, lp
     how = []
     if apt:
-        how.append(f"`{apt}` (installs /usr/share/datasets/{subdirs[0]})")
-    how += [f"pass root=DIR with the files {img_stem}.gz / {lbl_stem}.gz",
+        pkg = apt.split()[-1]
+        how.append(f"install the Debian package {pkg} (`sudo {apt}`; it fills /usr/share/datasets/{subdirs[0]})")
+    how += [f"set data.root=DIR (root=DIR in Python) to a folder with {img_stem}.gz / {lbl_stem}.gz",
             f"set REPALIGN_DATA=DIR (searched as DIR/{subdirs[0]})",
-            "pass download=True (or set REPALIGN_DOWNLOAD=1) to download with torchvision into "
-            f"root or {_cache_dir()}"]
+            "set data.download=true (download=True in Python, or REPALIGN_DOWNLOAD=1) to download with "
+            f"torchvision into data.root or {_cache_dir()}"]
     raise FileNotFoundError(
         f"{name}: could not find {img_stem}[.gz] and {lbl_stem}[.gz] in any of "
         f"{[str(d) for d in dirs]}. To get them: " + "; or ".join(how) + ".")
@@ -612,9 +613,9 @@ def _locate_cifar(name: str, split: str, root, download: bool | None) -> Path:
             return target / fold
     raise FileNotFoundError(
         f"{name}: could not find folder {fold!r} with {need} in any of {[str(d) for d in dirs]}. "
-        f"To get it: pass root=DIR containing {fold}/ (torchvision's python-pickle layout), or set "
-        f"REPALIGN_DATA=DIR, or pass download=True (or set REPALIGN_DOWNLOAD=1) to download with "
-        f"torchvision into root or {_cache_dir()}.")
+        f"To get it: set data.root=DIR (root=DIR in Python) to a folder containing {fold}/ (torchvision's "
+        f"python-pickle layout), or set REPALIGN_DATA=DIR, or set data.download=true (download=True in Python, "
+        f"or REPALIGN_DOWNLOAD=1) to download with torchvision into data.root or {_cache_dir()}.")
 
 
 def _cifar_info(name):
@@ -704,9 +705,15 @@ class _PILLoader:
         from PIL import Image
         from torchvision.transforms.v2 import functional as F
 
-        with Image.open(self.paths[i]) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            t = F.pil_to_tensor(im)
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                t = F.pil_to_tensor(im)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated data, ...
+            from repalign.errors import DataError
+
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise DataError(f"imagefolder: cannot read image {self.paths[i]}: {msg}") from None
         if t.shape[-2:] != (self.size, self.size):
             t = F.resize(t, [self.size], antialias=True)
             t = F.center_crop(t, [self.size, self.size])

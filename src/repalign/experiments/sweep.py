@@ -34,7 +34,7 @@ import csv
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +47,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from repalign.config import ConfigError, dump_config, load_config, parse_override
+from repalign.errors import UserError
+from repalign.training.lock import describe as describe_holder
+from repalign.training.lock import holder as lock_holder
+from repalign.training.rundir import clear_run_dir
 
 DONE = "DONE"
 SUMMARY_KINDS = ("align", "baseline", "eval", "lossgap", "weight")
@@ -125,6 +129,7 @@ def load_spec(spec: str | Path | Mapping[str, Any] | None = None, grid_args: Seq
         raise ConfigError(f"sweep spec key {sorted(bad)[0]!r}: unknown (allowed: {', '.join(sorted(SPEC_KEYS))})")
     if "base" not in raw:
         raise ConfigError("sweep spec key 'base': missing (a config path or bundled name)")
+    _check_spec_types(raw)
     grid = dict(raw.get("grid") or {})
     overrides = list(raw.get("overrides") or [])
     for a in grid_args:
@@ -152,6 +157,26 @@ def load_spec(spec: str | Path | Mapping[str, Any] | None = None, grid_args: Seq
         if len(set(lens.values())) > 1:
             raise ConfigError(f"sweep spec key 'product': false zips the grid lists, which need equal lengths, got {lens}")
     return s
+
+
+def _check_spec_types(raw: Mapping[str, Any]) -> None:
+    """One-line errors for spec values of the wrong type (before anything is converted)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    checks = {
+        "grid": (lambda v: isinstance(v, Mapping), "a mapping of key → list of values"),
+        "overrides": (lambda v: isinstance(v, list), "a list of 'key=value' strings"),
+        "processes": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "threads_per_process": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "product": (lambda v: isinstance(v, bool), "true or false"),
+        "slurm": (lambda v: isinstance(v, Mapping), "a mapping of submitit parameters"),
+        "out": (lambda v: isinstance(v, str), "a folder path"),
+        "base": (lambda v: isinstance(v, str), "a config path or bundled name"),
+    }
+    for key, (ok, want) in checks.items():
+        if raw.get(key) is not None and not ok(raw[key]):
+            raise ConfigError(f"sweep spec key {key!r}: must be {want}, got {raw[key]!r}")
 
 
 def _looks_like_spec(p: Path) -> bool:
@@ -211,6 +236,12 @@ def point_config(spec: SweepSpec, point: Point) -> dict[str, Any]:
         raise ConfigError(f"sweep point {point.slug!r}: {e}") from None
 
 
+def check_data_root(cfg: Mapping[str, Any]) -> None:
+    from repalign.training.trainer import check_data_root as check
+
+    check(cfg)
+
+
 def point_status(run_dir: Path) -> str:
     """``done`` (DONE marker), ``partial`` (checkpoint, no marker), ``stale`` (files, no checkpoint) or ``new``."""
     if (run_dir / DONE).exists():
@@ -249,10 +280,45 @@ def train_command(config_path: str | Path, run_dir: str | Path, resume: bool, py
             "--resume" if resume else "--overwrite"]
 
 
+PARENT_ENV = "REPALIGN_PARENT_PID"
+
+
+class SweepPointError(UserError):
+    """A sweep point's training process failed (one line: the point, its exit code, the log's last line)."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a sweep worker: terminate when the sweep process ``parent_pid`` that started it dies, so a
+    killed sweep leaves no orphan trainer writing on. Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``;
+    elsewhere a watchdog thread polls the parent pid once a second."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+        else:
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:  # pragma: no cover - non-Linux
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+
+    threading.Thread(target=watch, name="repalign-parent-watch", daemon=True).start()  # pragma: no cover
+
+
 def run_point_subprocess(config_path: str, run_dir: str, resume: bool, log_path: Path,
                          threads: int | None = None) -> float:
+    """Train one point in a ``python -m repalign train`` subprocess that dies with this process."""
     env = dict(os.environ)
     env["PYTHONPATH"] = _src_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[PARENT_ENV] = str(os.getpid())
     if threads:
         env.setdefault("OMP_NUM_THREADS", str(threads))
     t0 = time.perf_counter()
@@ -261,8 +327,10 @@ def run_point_subprocess(config_path: str, run_dir: str, resume: bool, log_path:
         rc = subprocess.run(train_command(config_path, run_dir, resume), stdout=log, stderr=subprocess.STDOUT,
                             env=env).returncode
     if rc != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:]).strip()
-        raise RuntimeError(f"sweep point {Path(run_dir).name!r} failed (exit {rc}); see {log_path}:\n{tail}")
+        lines = [x for x in log_path.read_text().splitlines() if x.strip()]
+        errs = [x for x in lines if x.startswith("repalign: error:")]
+        last = (errs or lines or ["(no output)"])[-1].strip()
+        raise SweepPointError(f"sweep point {Path(run_dir).name!r} failed (exit {rc}): {last} (log: {log_path})")
     return time.perf_counter() - t0
 
 
@@ -274,6 +342,7 @@ class SweepResult:
     skipped: list[str]
     resumed: list[str]
     submitted: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # held by another live process: not started
 
 
 def _state(spec: SweepSpec, points: Sequence[Point], out: Path) -> dict[str, Any]:
@@ -292,6 +361,15 @@ def load_sweep_state(out: str | Path) -> dict[str, Any]:
 
 
 def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
+    """Run every unfinished point of ``spec`` and (re)write ``OUT/summary.csv`` (see
+    :func:`_run_sweep`), holding ``OUT``'s lock so that one sweep at a time writes there."""
+    from repalign.training.lock import RunLock
+
+    with RunLock(spec.out):
+        return _run_sweep(spec, log, dry_run)
+
+
+def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
     """Run every unfinished point of ``spec`` and (re)write ``OUT/summary.csv``.
 
     Finished points (``DONE``) are skipped, partial ones resumed, stale ones restarted. Every point's
@@ -303,8 +381,13 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "points").mkdir(exist_ok=True)
     cfg_paths: dict[str, Path] = {}
-    for p in points:
+    for p in points:  # every point is validated before any runs (one-line error naming the point)
         cfg = point_config(spec, p)
+        if not dry_run:
+            try:
+                check_data_root(cfg)
+            except UserError as e:
+                raise ConfigError(f"sweep point {p.slug!r}: {e}") from None
         path = out / "configs" / f"{p.slug}.yaml"
         text = dump_config(cfg)
         if not path.exists() or path.read_text() != text:
@@ -312,15 +395,20 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool
         cfg_paths[p.slug] = path
     (out / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     write_state(spec, points, out)
-    todo, skipped, resumed = [], [], []
+    todo, skipped, resumed, busy_points = [], [], [], []
     for p in points:
         rd = out / "points" / p.slug
         st = point_status(rd)
         if st == "done":
             skipped.append(p.slug)
             continue
+        busy = lock_holder(rd)
+        if busy is not None:  # a live process (e.g. an orphan of a killed sweep) is training it
+            log(f"  busy {p.slug}: in use by {describe_holder(busy)}; not started")
+            busy_points.append(p.slug)
+            continue
         if st == "stale":
-            shutil.rmtree(rd)
+            clear_run_dir(rd)  # only what repalign wrote; other files make it refuse
         if st == "partial":
             resumed.append(p.slug)
         todo.append((p, st == "partial"))
@@ -332,7 +420,7 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool
     if dry_run:
         for p, res in todo:
             log("  " + " ".join(train_command(cfg_paths[p.slug], out / "points" / p.slug, res, "python")))
-        return SweepResult(out, out / "summary.csv", [], skipped, resumed)
+        return SweepResult(out, out / "summary.csv", [], skipped, resumed, busy=busy_points)
     ran: list[str] = []
     submitted: list[str] = []
 
@@ -362,7 +450,7 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool
         write_state(spec, points, out)
     write_state(spec, points, out)
     summary = write_summary(out, points, list(spec.grid))
-    return SweepResult(out, summary, ran, skipped, resumed, submitted)
+    return SweepResult(out, summary, ran, skipped, resumed, submitted, busy_points)
 
 
 def submit_slurm(spec: SweepSpec, items: Sequence[tuple[Point, bool, Path]], out: Path,
