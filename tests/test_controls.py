@@ -229,3 +229,22 @@ def test_kill_during_mid_epoch_evaluation_redoes_it(tmp_path):
     CoupledTrainer(cfg, tmp_path / "part", resume=True).fit()
     got = [r for r in _rows(tmp_path / "part") if r["kind"] != "event"]
     assert got == want
+
+
+def test_tiny_run_report_findings_name_nscl_and_floors(tmp_path):
+    """Acceptance (issue 8): a tiny run with cl, nscl, scl, cl_eps (init_perturb 1e-6) and cl_data writes a
+    report whose Findings name CL–NSCL, the chaos floor and the noise floor with numbers."""
+    import re
+
+    from repalign.report import write_report
+
+    arms = ("arms={cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, "
+            "cl_eps: {same_as: cl, init_perturb: 1.0e-6}, cl_data: {same_as: cl, data_seed: 7}}")
+    cfg = _cfg(arms, "eval.schedule=log", "eval.log_points=6", "eval.weight_every=2", **{"train.epochs": 2})
+    CoupledTrainer(cfg, tmp_path / "run").fit()
+    html = write_report(tmp_path / "run").read_text()
+    fnd = html[html.index("<h2>Findings"):html.index("<h2>Final alignment")]
+    assert re.search(r"cl–nscl \d\.\d{3} vs chaos floor cl–cl_eps \d\.\d{3}: margin [+-]\d\.\d{3}", fnd), fnd[:500]
+    assert re.search(r"cl–nscl \d\.\d{3} vs noise floor \(own batches/views\) cl–cl_data \d\.\d{3}", fnd)
+    assert re.search(r"untrained baseline \d\.\d{3}", fnd) and "layer z" in fnd
+    assert "Weight-gap growth" in html

@@ -15,8 +15,12 @@ from repalign.experiments import theory
 from repalign.report import plots, reference, write_report
 
 ARMS = ("{cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, ce: {objective: ce}, "
-        "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}}")
-PAIRS = "[[cl, nscl], [cl, scl], [cl, ce], [cl, cl_seed], [cl, cl_data]]"
+        "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}, "
+        "cl_eps: {same_as: cl, init_perturb: 1.0e-6}}")
+PAIRS = "[[cl, nscl], [cl, scl], [cl, ce], [cl, cl_seed], [cl, cl_data], [cl, cl_eps]]"
+CONTROL = {"cl_seed": "noise_seed", "cl_data": "noise_data", "cl_eps": "chaos"}
+#: synthetic final CKA per arm_b: NSCL above the chaos floor, SCL/CE below the noise floor
+FINAL = {"nscl": 0.95, "cl_eps": 0.90, "cl_data": 0.85, "cl_seed": 0.80, "scl": 0.70, "ce": 0.75}
 
 
 def make_run(path: Path, epochs: int = 4, spe: int = 5, seed: int = 0, log_every: int = 2) -> Path:
@@ -32,7 +36,7 @@ def make_run(path: Path, epochs: int = 4, spe: int = 5, seed: int = 0, log_every
                  "cl_seed": {"objective": "cl", "overrides": {}, "init_seed": 1001, "data_seed": 1001}}}))
     rng = np.random.default_rng(seed)
     rows = []
-    arms = ["cl", "nscl", "scl", "ce", "cl_seed", "cl_data"]
+    arms = ["cl", "nscl", "scl", "ce", "cl_seed", "cl_data", "cl_eps"]
     for step in range(0, epochs * spe, log_every):
         for a in arms:
             rows.append({"kind": "train", "step": step, "epoch": step / spe, "arm": a, "objective": a[:4].rstrip("_"),
@@ -44,12 +48,16 @@ def make_run(path: Path, epochs: int = 4, spe: int = 5, seed: int = 0, log_every
         for split in ("train", "test"):
             for b in arms[1:]:
                 gap = 0.0 if e == 0 else 0.5 * e * (2 if b == "scl" else 1)
+                cka = 1 - (1 - FINAL[b]) * e / epochs
                 rows.append({"kind": "align", "epoch": e, "step": e * spe, "split": split, "layer": "h", "arm_a": "cl",
-                             "arm_b": b, "linear_cka": 1 - 0.05 * e, "debiased_cka": 1 - 0.06 * e, "rsa": 1 - 0.04 * e,
+                             "arm_b": b, "control": CONTROL.get(b), "linear_cka": cka, "debiased_cka": cka - 0.01,
+                             "rsa": 1 - 0.04 * e,
                              "sim_gap": gap, "sim_gap_rel": 0.05 * e, "sim_gap_per_entry": gap / 100,
                              "weight_gap_mean": 0.01 * math.exp(0.5 * e) if e else 0.0, "weight_gap_sum": 1.0,
                              "weight_rel_l2": 0.01 * e, "weight_angle_deg": 10.0 * e, "displacement_angle_deg": 20.0,
                              "repr_angle_deg": 3.0 * e})
+            rows.append({"kind": "baseline", "baseline": "untrained", "epoch": e, "step": e * spe, "split": split,
+                         "layer": "h", "linear_cka": 0.6, "rsa": 0.3, "sim_gap": 50.0, "sim_gap_rel": 0.5})
         for a in arms:
             rows.append({"kind": "eval", "epoch": e, "step": e * spe, "split": "test", "arm": a, "knn_acc": 0.5 + 0.05 * e})
     rows.append({"kind": "event", "step": 3, "arm": None, "message": "hello"})
@@ -75,10 +83,21 @@ def test_run_report_self_contained(tmp_path):
     pngs = sorted(path.parent.glob("*.png"))
     assert len(pngs) >= 7 and all(p.stat().st_size > 1000 for p in pngs)
     assert len(re.findall(r"<img\b", html)) == len(pngs)
-    # config, versions, pair table with paper values beside ours, control arms marked
+    # config, versions; pair table with baselines; controls marked; paper values in their own section
     assert "abc123" in html and "torch" in html and "resolved config.yaml" in html
-    assert "cl vs nscl" in html and "CIFAR-100 0.77" in html and "noise-floor control" in html
-    assert "constants are unknown" in html
+    assert "cl vs nscl" in html and "chaos floor" in html and "untrained baseline" in html
+    assert html.index("Findings") < html.index("Final alignment with baselines") < html.index("Published values")
+    paper = html[html.index("Published values"):]
+    assert "CIFAR-100" in paper and "ResNet-50" in paper and "0.78" in paper
+    assert "CIFAR-100" not in html[:html.index("Published values")]  # never beside our numbers
+    # Findings: CL–NSCL vs chaos floor and noise floor, with numbers; the theory caption only once
+    fnd = html[html.index("Findings"):html.index("Final alignment with baselines")]
+    assert "cl–nscl 0.950 vs chaos floor cl–cl_eps 0.900: margin +0.050" in fnd
+    assert "cl–nscl 0.950 vs noise floor (own batches/views) cl–cl_data 0.850: margin +0.100" in fnd
+    assert "untrained baseline 0.600" in fnd and "single seed" in fnd
+    assert html.count("constants are unknown") == 1
+    for word in ("sim gap", "ρ", "CKA rel. untrained"):
+        assert f"<dt>{word}" in html  # every column explained
 
 
 def test_report_rejects_non_run(tmp_path):
@@ -105,18 +124,41 @@ def test_plots_are_pure_and_labelled(tmp_path):
     assert plots.plot_alignment([]).axes
 
 
-def test_growth_rate_fit_recovers_exponential():
-    e = np.arange(0, 10)
-    v = 0.02 * np.exp(0.37 * e)
-    r, a = plots.fit_growth_rate(e, v)
-    assert r == pytest.approx(0.37, rel=1e-9) and a == pytest.approx(math.log(0.02), rel=1e-9)
-    assert math.isnan(plots.fit_growth_rate([0, 1], [0.0, 1.0])[0])
+def test_weight_growth_fits_use_dense_rows_and_window():
+    rows = [{"kind": "weight", "step": s, "epoch": s / 10, "arm_a": "cl", "arm_b": "x",
+             "weight_gap_mean": 0.1 / (1 + (0.1 / 1e-6 - 1) * math.exp(-0.5 * s))} for s in range(0, 80)]
+    f = plots.weight_growth_fits(rows)[("cl", "x")]
+    assert f.resolved and f.rate_per_step == pytest.approx(0.5, rel=0.05)
+    assert f.rate_per_epoch == pytest.approx(10 * f.rate_per_step) and f.end_step < 30
+    fig = plots.plot_weight_gap(rows)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any("rate 0.4" in s or "rate 0.5" in s for s in labels) and not any("e^{" in s for s in labels)
 
 
-def test_seed_aggregation_mean_and_band():
+def test_seed_aggregation_mean_and_ci_band():
     rows = [{"epoch": 1, "v": 1.0}, {"epoch": 1, "v": 3.0}, {"epoch": 2, "v": 5.0}, {"epoch": 2, "v": float("nan")}]
     x, m, lo, hi, n = plots.aggregate(rows, "epoch", "v")
-    assert list(x) == [1, 2] and list(m) == [2.0, 5.0] and list(lo) == [1.0, 5.0] and list(hi) == [3.0, 5.0] and n == 2
+    half = 12.706204736174707 * math.sqrt(2) / math.sqrt(2)  # t_{0.975,1} · s / √n
+    assert list(x) == [1, 2] and list(m) == [2.0, 5.0] and n == 2
+    assert lo[0] == pytest.approx(2.0 - half) and hi[0] == pytest.approx(2.0 + half)
+    assert lo[1] == hi[1] == 5.0  # one value: no band
+
+
+def test_alignment_axis_and_controls(tmp_path):
+    run = make_run(tmp_path / "run")
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    fig = plots.plot_alignment(rows)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "epoch"  # epoch-boundary evaluations
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(s.startswith("[chaos floor] cl vs cl_eps") for s in labels)
+    assert any(s.startswith("untrained baseline") for s in labels)
+    # mid-epoch evaluations → log steps with real step values
+    for r in rows:
+        if r.get("kind") == "align" and r["epoch"] == 1:
+            r["step"], r["epoch"] = 3, 0.6
+    ax = plots.plot_alignment(rows).axes[0]
+    assert ax.get_xscale() == "symlog" and "optimiser step" in ax.get_xlabel() and "1 epoch = 5 steps" in ax.get_xlabel()
 
 
 def test_bound_shape_log_space_matches_direct_formula():

@@ -19,7 +19,8 @@ EXPECT = {  # figure → {csv name: required columns}
              "fig3_gap_vs_C": {"num_classes", "gap", "bound"}},
     "fig4": {"fig4": ALIGN | {"tau"}, "fig4_theory": {"tau", "S_T", "sim_gap", "bound_shape", "cka_lower_bound"}},
     "fig5": {"fig5": ALIGN | {"batch_size", "lr_rule"}, "fig5_theory": {"batch_size", "lr_rule", "bound_shape"}},
-    "weights": {"weights": ALIGN | {"weight_gap_mean"}, "weights_fit": {"arm_a", "arm_b", "growth_rate_per_epoch"}},
+    "weights": {"weights": ALIGN | {"weight_gap_mean"},
+                "weights_fit": {"arm_a", "arm_b", "status", "rate_per_step", "rate_per_epoch", "start_step", "end_step"}},
     "lossgap": {"lossgap": {"num_classes", "seed", "step", "gap", "bound", "dcl", "nscl"},
                 "lossgap_vs_C": {"num_classes", "seed", "gap", "bound"}},
 }
@@ -49,7 +50,20 @@ def test_reproduce_tiny(fig, tmp_path, capsys):
     if fig == "fig2":  # noise-floor controls are arms of the same coupled run
         with open(out / "fig2.csv", newline="") as f:
             pairs = {(r["arm_a"], r["arm_b"]) for r in csv.DictReader(f)}
-        assert pairs == {("cl", "nscl"), ("cl", "scl"), ("cl", "ce"), ("cl", "cl_seed"), ("cl", "cl_data")}
+        assert pairs == {("cl", "nscl"), ("cl", "scl"), ("cl", "ce"), ("cl", "cl_eps"), ("cl", "cl_seed"),
+                         ("cl", "cl_data"), ("", "")}  # ("", ""): the untrained-baseline rows
+    # every figure: Findings first in the report; CI bands (n = 2 seeds) reach the CSV and the report
+    assert man["findings"] and all(g["items"] for g in man["findings"])
+    assert html.index("Findings") < html.index("Figures")
+    if fig in ("fig1", "fig2", "fig3", "fig4", "fig5", "weights"):
+        text = " ".join(i["text"] for g in man["findings"] for i in g["items"])
+        assert "chaos floor" in text and "untrained baseline" in text, text[:300]
+        assert "2 seeds" in text and "[" in text  # intervals over the two seeds
+        with open(out / f"{fig}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert {r["kind"] for r in rows} == {"align", "baseline"}
+        assert any(r["control"] == "chaos" for r in rows)
+        assert "95 % CI" in html
     if fig != "fig1":
         return
     # re-running reuses every finished run (nothing trains) and writes the same CSV

@@ -61,8 +61,7 @@ def _n_text(n: int) -> str:
 def _margin_sentence(a: str, b: str, ctrl: tuple[str, str], kind: str, sv: Summary, sc: Summary,
                      d: Summary | None, metric: str) -> Finding:
     mname = METRIC_NAME.get(metric, metric)
-    head = (f"{_pair(a, b)} {sv.text()} vs {CONTROL_TEXT[kind]} ({_pair(*ctrl)}, {CONTROL_WHY[kind]}) "
-            f"{sc.text()}")
+    head = f"{_pair(a, b)} {sv.text()} vs {CONTROL_TEXT[kind]} {_pair(*ctrl)} {sc.text()}"
     v = verdict(d)
     if d is None:
         return Finding(head + " — no seed has both values.", "margin", None)
@@ -72,14 +71,14 @@ def _margin_sentence(a: str, b: str, ctrl: tuple[str, str], kind: str, sv: Summa
     elif v == "lower":
         tail = f"→ {b} is further from {a} than the {CONTROL_TEXT[kind]} ({marg})."
     elif v == "undecided":
-        tail = (f"→ the data cannot tell {b}'s {mname} with {a} apart from the {CONTROL_TEXT[kind]} "
+        tail = (f"→ cannot tell {b}'s {mname} with {a} apart from the {CONTROL_TEXT[kind]} "
                 f"(the 95 % interval of the margin contains 0: {marg}).")
     else:
-        tail = (f"→ margin {d.mean:+.3f} from a single seed: no confidence interval, so no verdict "
-                "(run ≥ 2 seeds, e.g. `repalign sweep CONFIG seed=[0,1,2,3]`).")
-    return Finding(f"{head} {tail}", "margin", v, {"pair": f"{a}/{b}", "control": f"{ctrl[0]}/{ctrl[1]}",
-                                                    "control_kind": kind, "value": sv.mean, "control_value": sc.mean,
-                                                    "margin": d.mean, "ci_lo": d.lo, "ci_hi": d.hi, "n": d.n})
+        tail = f": margin {d.mean:+.3f} (single seed: no interval, no verdict)."
+    sep = "" if v == "single" else " "
+    return Finding(f"{head}{sep}{tail}", "margin", v, {"pair": f"{a}/{b}", "control": f"{ctrl[0]}/{ctrl[1]}",
+                                                        "control_kind": kind, "value": sv.mean, "control_value": sc.mean,
+                                                        "margin": d.mean, "ci_lo": d.lo, "ci_hi": d.hi, "n": d.n})
 
 
 def _group_findings(rows: Sequence[Mapping[str, Any]], layers: Sequence[str], split: str,
@@ -115,6 +114,9 @@ def _group_findings(rows: Sequence[Mapping[str, Any]], layers: Sequence[str], sp
         items.sort(key=lambda t: -t[0])
         out.append(Finding(f"{where}: order of alignment with {ref}: " + " > ".join(t[1] for t in items) + ".",
                            "order", None, {"layer": layer, "order": [t[1] for t in items]}))
+        if layer == layers[0] and controls:
+            out.append(Finding("Controls: " + "; ".join(f"{CONTROL_TEXT[k]} = {_pair(*p)}, {CONTROL_WHY[k]}"
+                                                        for k, p in controls.items()) + ".", "controls"))
         if layer != layers[0]:  # the second representation: order and chaos margins only
             kinds = [k for k in ("chaos",) if k in controls]
         else:

@@ -36,11 +36,15 @@ class GrowthFit:
     r2: float
     resolved: bool
     saturates: bool
+    dense: bool = False  # the first points are consecutive steps: sampling cannot be the reason
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def text(self) -> str:
+        if not self.resolved and self.dense:
+            return (f"no exponential phase: sampled every step, log-gap is already concave over steps "
+                    f"{self.start_step:g}–{self.end_step:g} (growth slows from the start)")
         if not self.resolved:
             return (f"exponential phase not resolved by the sampling ({self.n_points} usable points in the first "
                     f"window, steps {self.start_step:g}–{self.end_step:g}); log the gap more densely (eval.weight_every)")
@@ -93,6 +97,8 @@ def fit_exponential_phase(steps: Sequence[float], values: Sequence[float], steps
         end += 1
     r, a, r2 = _fit(s_arr[:end], y_arr[:end])
     resolved = end >= 4 and r > 0 and r2 >= 0.9
+    head = s_arr[: min(len(s_arr), min_points + 1)]
+    dense = bool(len(head) > 1 and float(np.max(np.diff(head))) <= 1.0)
     return GrowthFit(rate_per_step=r, rate_per_epoch=(r * steps_per_epoch if steps_per_epoch else None), intercept=a,
                      start_step=float(s_arr[0]), end_step=float(s_arr[end - 1]), n_points=int(end),
-                     n_usable=int(len(s_arr)), r2=r2, resolved=resolved, saturates=end < len(s_arr))
+                     n_usable=int(len(s_arr)), r2=r2, resolved=resolved, saturates=end < len(s_arr), dense=dense)

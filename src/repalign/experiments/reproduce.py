@@ -39,14 +39,19 @@ SCALES = ("tiny", "cpu", "paper")
 SEEDS = {"tiny": [0, 1], "cpu": [0, 1], "paper": [123]}
 
 # ---------------------------------------------------------------------------- settings
-ARMS_PAIR = "{cl: {objective: cl}, nscl: {objective: nscl}}"
-ARMS_FOUR = "{cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, ce: {objective: ce}}"
+#: The chaos-floor control (issue 8): CL from a 1e-6 relative perturbation of the shared initial weights,
+#: same batches and views — how far training dynamics alone carry two almost identical CL models apart.
+CHAOS = "cl_eps: {same_as: cl, init_perturb: 1.0e-6}"
+ARMS_PAIR = "{cl: {objective: cl}, nscl: {objective: nscl}, " + CHAOS + "}"
+ARMS_FOUR = "{cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, ce: {objective: ce}, " + CHAOS + "}"
 ARMS_CONTROLS = ("{cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, ce: {objective: ce}, "
-                 "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}}")
+                 "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}, "
+                 + CHAOS + "}")
 ARMS_PAIR_CONTROLS = ("{cl: {objective: cl}, nscl: {objective: nscl}, "
-                      "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}}")
-PAIRS_CONTROLS = "[[cl, nscl], [cl, scl], [cl, ce], [cl, cl_seed], [cl, cl_data]]"
-PAIRS_PAIR_CONTROLS = "[[cl, nscl], [cl, cl_seed], [cl, cl_data]]"
+                      "cl_seed: {same_as: cl, init_seed: 1001, data_seed: 1001}, cl_data: {same_as: cl, data_seed: 1002}, "
+                      + CHAOS + "}")
+PAIRS_CONTROLS = "[[cl, nscl], [cl, scl], [cl, ce], [cl, cl_eps], [cl, cl_seed], [cl, cl_data]]"
+PAIRS_PAIR_CONTROLS = "[[cl, nscl], [cl, cl_eps], [cl, cl_seed], [cl, cl_data]]"
 
 COMMON = {
     "tiny": ["data.source=digits", "data.augment=simclr_gray", "data.max_per_class=10", "data.test_max_per_class=10", "train.batch_size=32", "train.epochs=2",
@@ -99,6 +104,7 @@ class Context:
     results: list[tuple[SweepPlan, list[dict[str, Any]]]]  # per plan: summary rows (+ short aliases)
     figures: list[dict[str, str]] = field(default_factory=list)
     tables: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     csvs: list[str] = field(default_factory=list)
 
@@ -168,7 +174,7 @@ def _cpu(scale: str, extra: list[str], grid: dict[str, list], base: str = "demo"
 
 def plans_fig1(scale: str) -> list[SweepPlan]:
     if scale == "paper":
-        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 2, 1200)]
+        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 1200)]
     ep = ["train.epochs=15", "eval.every=1"] if scale == "cpu" else []
     return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_PAIR}"], {"seed": SEEDS[scale]}))]
 
@@ -176,7 +182,7 @@ def plans_fig1(scale: str) -> list[SweepPlan]:
 def plans_fig2(scale: str) -> list[SweepPlan]:
     arms = [f"arms={ARMS_CONTROLS}", f"pairs={PAIRS_CONTROLS}"]
     if scale == "paper":
-        return [paper_plan(ds, ds, {"seed": SEEDS["paper"]}, arms, 6, 1200)
+        return [paper_plan(ds, ds, {"seed": SEEDS["paper"]}, arms, 7, 1200)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
     ep = ["train.epochs=10", "eval.schedule=[0,1,2,3,5,7,10]"] if scale == "cpu" else []
     return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + arms, {"seed": SEEDS[scale]}))]
@@ -192,7 +198,7 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
         for ds, cs, ep in (("mini_imagenet", [5, 10, 50, 100], 1000), ("tiny_imagenet", [5, 10, 50, 100, 200], 1000),
                            ("imagenet", [5, 10, 50, 100, 500, 1000], 100)):
             tot = PAPER_DATA[ds][3]
-            out.append(paper_plan(ds, ds, {"data.num_classes": cs, "seed": SEEDS["paper"]}, arms, 4, ep,
+            out.append(paper_plan(ds, ds, {"data.num_classes": cs, "seed": SEEDS["paper"]}, arms, 5, ep,
                                   fraction=lambda v, tot=tot: v["data.num_classes"] / tot))
         return out
     total = 60 if scale == "tiny" else 2000
@@ -208,7 +214,7 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
 def plans_fig4(scale: str) -> list[SweepPlan]:
     taus = [0.1, 0.5, 1.0] if scale != "tiny" else [0.1, 1.0]
     if scale == "paper":
-        return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 2, 300)
+        return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 300)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
     ep = ["train.epochs=12", "eval.every=2"] if scale == "cpu" else []
     return [SweepPlan("runs", "fashion_mnist",
@@ -220,19 +226,18 @@ def plans_fig5(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan("mini_imagenet", "mini_imagenet", {"train.batch_size": [256, 512, 1024],
                                                               "optim.lr_rule": rules, "seed": SEEDS["paper"]},
-                           [f"arms={ARMS_PAIR}"], 2, 200)]
+                           [f"arms={ARMS_PAIR}"], 3, 200)]
     bs = [64, 128, 256] if scale == "cpu" else [16, 32]
     ep = ["train.epochs=6", "eval.every=2"] if scale == "cpu" else []
     return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_PAIR}"],
                                                     {"train.batch_size": bs, "optim.lr_rule": rules if scale == "cpu"
-                                                     else ["linear", "sqrt"], "seed": SEEDS[scale] if scale == "cpu"
-                                                     else [0]}))]
+                                                     else ["linear", "sqrt"], "seed": SEEDS[scale]}))]
 
 
 def plans_weights(scale: str) -> list[SweepPlan]:
     if scale == "paper":
-        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_FOUR}"], 4, 1200)]
-    ep = ["train.epochs=15", "eval.every=1"] if scale == "cpu" else ["train.epochs=3"]
+        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_FOUR}"], 5, 1200)]
+    ep = (["train.epochs=15", "eval.every=1"] if scale == "cpu" else ["train.epochs=3"]) + ["eval.weight_every=1"]
     return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_FOUR}"], {"seed": SEEDS[scale]}))]
 
 
@@ -254,15 +259,17 @@ def plans_lossgap(scale: str) -> list[SweepPlan]:
 
 
 # ---------------------------------------------------------------------------- makers
-ALIGN_COLS = ["dataset", "seed", "epoch", "step", "split", "layer", "arm_a", "arm_b", "linear_cka", "debiased_cka",
-              "rsa", "sim_gap", "sim_gap_rel", "weight_gap_mean", "weight_angle_deg", "repr_angle_deg",
-              "displacement_angle_deg"]
+ALIGN_COLS = ["dataset", "seed", "kind", "epoch", "step", "split", "layer", "arm_a", "arm_b", "control", "linear_cka",
+              "linear_cka_rel", "linear_cka_over_chaos", "linear_cka_over_noise_data", "linear_cka_over_noise_seed",
+              "debiased_cka", "rsa", "rsa_rel", "rsa_over_chaos", "sim_gap", "sim_gap_rel", "weight_gap_mean",
+              "weight_angle_deg", "repr_angle_deg", "displacement_angle_deg"]
 THEORY_COLS = ["dataset", "seed", "epoch", "step", "arm_a", "arm_b", "split", "tau", "num_classes", "batch_size",
                "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa"]
 
 
 def _align(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(r) for r in rows if r.get("kind") == "align"]
+    """``align`` rows plus the ``baseline`` (untrained) rows that give them their zero point."""
+    return [dict(r) for r in rows if r.get("kind") in ("align", "baseline")]
 
 
 def _all(ctx: Context) -> list[dict[str, Any]]:
@@ -276,66 +283,100 @@ def _by_dataset(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _findings(ctx: Context, rows: Sequence[Mapping[str, Any]], group_keys: Sequence[str]) -> None:
+    """Findings of the figure (per dataset and condition), stored in the manifest."""
+    from repalign.analysis import findings
+
+    for label, fs in findings(rows, group_keys=["dataset", *group_keys]):
+        ctx.findings.append({"label": label, "items": [{"text": f.text, "kind": f.kind, "verdict": f.verdict,
+                                                        "numbers": f.numbers} for f in fs]})
+
+
 def _final_table(ctx: Context, rows: Sequence[Mapping[str, Any]], group_keys: Sequence[str], fig_ref: str | None,
-                 pairs: Sequence[tuple[str, str]] | None = None, title: str = "Final values (seed mean ± spread)") -> None:
-    """Table: per dataset/group/pair/split the last-epoch CKA and RSA (mean, min–max over seeds) and the
-    paper's value where the figure has one."""
-    al = [r for r in rows if r.get("layer", "h") == "h"]
+                 pairs: Sequence[tuple[str, str]] | None = None, title: str = "Final values (mean [95 % CI] over seeds)") -> None:
+    """Table: per dataset/group/pair/split the last-evaluation CKA and RSA (mean [95 % CI], n) with the
+    margin over the chaos floor; the paper's values (where the figure has them) go to a separate table
+    labelled with the paper's dataset, model and epoch."""
+    from repalign.analysis import summarize
+
+    al = [r for r in rows if r.get("layer", "h") == "h" and r.get("kind", "align") == "align"]
     keyf = lambda r: (r.get("dataset"), *(r.get(k) for k in group_keys), r["arm_a"], r["arm_b"], r["split"])  # noqa: E731
     last: dict[tuple, int] = {}
     for r in al:
-        last[keyf(r)] = max(last.get(keyf(r), -1), r["epoch"])
+        last[keyf(r)] = max(last.get(keyf(r), -1), r["step"])
     acc: dict[tuple, dict[str, list[float]]] = {}
     for r in al:
         k = keyf(r)
-        if r["epoch"] != last[k] or (pairs and (r["arm_a"], r["arm_b"]) not in pairs):
+        if r["step"] != last[k] or (pairs and (r["arm_a"], r["arm_b"]) not in pairs):
             continue
-        d = acc.setdefault(k + (r["epoch"],), {"linear_cka": [], "rsa": []})
+        d = acc.setdefault(k + (r["epoch"], r.get("control") or "objective"),
+                           {"linear_cka": [], "rsa": [], "linear_cka_over_chaos": []})
         for m in d:
             if isinstance(r.get(m), (int, float)):
                 d[m].append(float(r[m]))
-    out = []
+    out, paper = [], []
     for k, d in sorted(acc.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        ds, *g, a, b, split, ep = k
-        row = [ds, *g, f"{a} vs {b}", split, ep]
-        for m in ("linear_cka", "rsa"):
+        ds, *g, a, b, split, ep, role = k
+        row = [ds, *g, f"{a} vs {b}", role, split, ep]
+        for m in ("linear_cka", "rsa", "linear_cka_over_chaos"):
             v = d[m]
-            row.append(f"{np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}] (n={len(v)})" if v else "—")
-            if fig_ref:
-                filt = {ALIASES.get(gk, gk): gv for gk, gv in zip(group_keys, g) if ALIASES.get(gk, gk) != "seed"}
-                filt = {fk: fv for fk, fv in filt.items() if fk in ("tau", "batch_size", "lr_rule", "num_classes")}
-                if b in ("cl_seed", "cl_data"):
-                    row.append("control (no paper value)")
-                else:
-                    refs = ref.lookup(fig_ref, m, split, pair=f"cl/{b}", **filt)
-                    if fig_ref == "fig2":
-                        refs = ref.lookup(fig_ref, m, split, pair=f"cl/{b}", epoch=1200)
-                    row.append(ref.format_reference(refs))
+            row.append(f"{summarize(v).text()} (n={len(v)})" if v else "—")
         out.append(row)
-    header = ["dataset", *[ALIASES.get(g, g) for g in group_keys], "pair", "split", "epoch"]
-    for m in ("CKA", "RSA"):
-        header += [f"{m} (ours: mean [min, max])"] + ([f"{m} paper"] if fig_ref else [])
+        if fig_ref and role == "objective":
+            filt = {ALIASES.get(gk, gk): gv for gk, gv in zip(group_keys, g) if ALIASES.get(gk, gk) != "seed"}
+            filt = {fk: fv for fk, fv in filt.items() if fk in ("tau", "batch_size", "lr_rule", "num_classes")}
+            for m in ("linear_cka", "rsa"):
+                refs = ref.reference(fig_ref, metric=m, pair=f"cl/{b}", **filt)
+                if fig_ref == "fig2":
+                    refs = [r for r in refs if r.get("epoch") == 1200]
+                for r in refs:
+                    if r["split"] in (split, "both"):
+                        paper.append([f"cl vs {b}", *g, split, m.replace("_", " "),
+                                      ref.DATASET_NAMES.get(r["dataset"], r["dataset"]), "ResNet-50", r.get("epoch") or "—",
+                                      r["value"]])
+    header = ["dataset", *[ALIASES.get(g, g) for g in group_keys], "pair", "role", "split", "epoch",
+              "linear CKA", "RSA", "CKA − chaos floor"]
     ctx.tables.append({"title": title, "header": header, "rows": out,
-                       "note": "Paper values: arXiv 2510.08852 (ResNet-50, long schedules); ours: CPU-scale small_cnn. "
-                               "Compare trends, not absolute values." if fig_ref else ""})
+                       "note": "Ours: CPU-scale runs, mean [95 % CI, t-interval] over seeds (n = seeds). Controls: chaos "
+                               "floor (init_perturb), noise floors (data_seed / init_seed)."})
+    if paper:
+        uniq = [list(x) for x in dict.fromkeys(tuple(p) for p in paper)]
+        ctx.tables.append({"title": f"arXiv 2510.08852 {fig_ref.replace('fig', 'Fig ')}", "paper": True,
+                           "header": ["pair", *[ALIASES.get(g, g) for g in group_keys], "split", "metric",
+                                      "paper dataset", "paper model", "paper epoch", "paper value"],
+                           "rows": uniq,
+                           "note": "Published values (≈ where read off a plot) from long ResNet-50 runs; not comparable "
+                                   "in value with the CPU-scale numbers above, only in ordering and trend."})
 
 
 def make_fig1(ctx: Context) -> None:
     for ds, rows in _by_dataset(ctx).items():
-        al = [r for r in _align(rows) if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")]
+        al = [r for r in _align(rows) if (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
         ctx.save(plots.plot_angles(al, ("cl", "nscl")), "fig1" if ds == next(iter(_by_dataset(ctx))) else f"fig1_{ds}",
                  f"Angle between CL and NSCL in weight space vs representation space ({ds}, test split).")
-    al = [r for r in _align(_all(ctx)) if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")]
+    al = [r for r in _align(_all(ctx)) if r.get("kind") == "baseline"
+          or (r.get("arm_a"), r.get("arm_b")) in (("cl", "nscl"), ("cl", "cl_eps"))]
     ctx.write_csv("fig1", al, ALIGN_COLS)
+    al = [r for r in al if (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
     fin: dict[str, list[float]] = {"weight_angle_deg": [], "repr_angle_deg": []}
-    last = max((r["epoch"] for r in al), default=None)
+    last = max((r["step"] for r in al), default=None)
     for r in al:
-        if r["epoch"] == last and r["split"] == "test":
+        if r["step"] == last and r["split"] == "test" and r.get("layer", "h") == "h":
             for k in fin:
                 fin[k].append(r[k])
-    ctx.tables.append({"title": "Final angles (test split, seed mean)", "header": ["quantity", "ours", "paper (Fig 1)"],
-                       "rows": [["weight-space angle (°)", _mean(fin["weight_angle_deg"]), 85.7],
-                                ["representation angle (°)", _mean(fin["repr_angle_deg"]), 27.8]]})
+    from repalign.analysis import summarize
+
+    ctx.tables.append({"title": "Final angles between CL and NSCL (test split, mean [95 % CI] over seeds)",
+                       "header": ["quantity", "ours"],
+                       "rows": [["weight-space angle (°)", summarize(fin["weight_angle_deg"]).text(2) if fin["weight_angle_deg"] else "—"],
+                                ["representation angle (°)", summarize(fin["repr_angle_deg"]).text(2) if fin["repr_angle_deg"] else "—"]],
+                       "note": "Weight angle: arccos of the cosine between the two arms' flattened encoder weights. "
+                               "Representation angle: arccos of the linear CKA-style cosine between the two centred "
+                               "Gram matrices of the test features, i.e. arccos(CKA) in degrees."})
+    ctx.tables.append({"title": "arXiv 2510.08852 Fig 1", "paper": True, "header": ["quantity", "paper value", "setting"],
+                       "rows": [["weight-space angle (°)", 85.7, "stated in the teaser; dataset/epoch unspecified"],
+                                ["representation angle (°)", 27.8, "stated in the teaser; dataset/epoch unspecified"]]})
+    _findings(ctx, _align(_all(ctx)), [])
 
 
 def _mean(v: Sequence[float]) -> float | None:
@@ -346,13 +387,15 @@ def make_fig2(ctx: Context) -> None:
     for i, (ds, rows) in enumerate(_by_dataset(ctx).items()):
         al = _align(rows)
         name = "fig2" if i == 0 else f"fig2_{ds}"
-        ctx.save(plots.plot_alignment(al, title=f"CL vs NSCL / SCL / CE and noise-floor controls ({ds})"), name,
-                 f"CKA and RSA between CL and each arm over epochs (symlog epoch axis), train and test ({ds}). "
-                 "cl_seed: second CL model with a different seed for everything; cl_data: same initialisation, "
-                 "different batch order and augmentations (noise floor).")
+        ctx.save(plots.plot_alignment(al, title=f"CL vs NSCL / SCL / CE with chaos- and noise-floor controls ({ds})"),
+                 name, f"CKA and RSA between CL and each arm over training, train and test split ({ds}); mean and 95 % "
+                 "CI over seeds. Grey, shaded: controls — cl_eps (chaos floor: CL from a 1e-6 perturbation of the same "
+                 "initial weights, same batches and views), cl_data (same initialisation, own batches and "
+                 "augmentations), cl_seed (own seed for everything). Dotted: untrained baseline.")
     al = _align(_all(ctx))
     ctx.write_csv("fig2", al, ALIGN_COLS)
     _final_table(ctx, al, [], "fig2")
+    _findings(ctx, al, [])
 
 
 def _theory(ctx: Context, group_key: str | None) -> list[dict[str, Any]]:
@@ -397,11 +440,12 @@ def make_fig3(ctx: Context) -> None:
         al = _align(rows)
         name = "fig3" if i == 0 else f"fig3_{ds}"
         for split in ("test", "train"):
-            ctx.save(plots.plot_heatmaps(al, "num_classes", pairs=[("cl", "nscl"), ("cl", "cl_seed"), ("cl", "cl_data")],
+            ctx.save(plots.plot_heatmaps(al, "num_classes", pairs=[("cl", "nscl"), ("cl", "cl_eps"), ("cl", "cl_data"),
+                                                                   ("cl", "cl_seed")],
                                          split=split), name + ("" if split == "test" else "_train"),
                      f"Linear CKA over number of classes C × epoch ({ds}, {split} split, seed mean): CL vs NSCL and "
-                     "the two noise-floor controls (cl_seed: different seed for everything; cl_data: same init, "
-                     "different batches/augmentations).")
+                     "the controls (cl_eps: chaos floor, 1e-6 perturbation of the same initial weights; cl_data: same "
+                     "init, own batches/augmentations; cl_seed: own seed for everything).")
     al = _align(_all(ctx))
     ctx.write_csv("fig3", al, ["num_classes"] + ALIGN_COLS)
     th = _theory(ctx, "num_classes")
@@ -428,38 +472,41 @@ def make_fig3(ctx: Context) -> None:
                                         "CL–NSCL similarity gap against C (trend only)")
         ctx.save(fig, "fig3_gap_vs_C", "Final similarity gap against C with the bound's C-dependence. " + THEORY_NOTE)
         ctx.write_csv("fig3_gap_vs_C", pts, ["num_classes", "seed", "gap", "bound", "log_bound"])
-    _final_table(ctx, al, ["num_classes"], "fig3", title="Final CKA / RSA per C (seed mean)")
+    _final_table(ctx, al, ["num_classes"], "fig3", title="Final CKA / RSA per C (mean [95 % CI] over seeds)")
+    _findings(ctx, al, ["num_classes"])
 
 
 def make_fig4(ctx: Context) -> None:
     for i, (ds, rows) in enumerate(_by_dataset(ctx).items()):
-        al = [r for r in _align(rows) if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")]
-        ctx.save(plots.plot_alignment(al, group_key="tau", log_epoch=False, title=f"CL vs NSCL for τ ∈ {{0.1, 0.5, 1.0}} ({ds})"),
-                 "fig4" if i == 0 else f"fig4_{ds}", f"CL–NSCL CKA and RSA over epochs per temperature τ ({ds}); "
-                 "mean and min–max band over seeds.")
+        al = [r for r in _align(rows) if r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
+        ctx.save(plots.plot_alignment(al, group_key="tau", title=f"CL vs NSCL for τ ∈ {{0.1, 0.5, 1.0}} ({ds})"),
+                 "fig4" if i == 0 else f"fig4_{ds}", f"CL–NSCL CKA and RSA over training per temperature τ ({ds}); "
+                 "mean and 95 % CI over seeds; dotted: untrained baseline. The chaos-floor margins per τ are in the "
+                 "table and the Findings.")
     al = _align(_all(ctx))
     ctx.write_csv("fig4", al, ["tau"] + ALIGN_COLS)
     _theory_figs(ctx, _theory(ctx, "tau"), "tau", "fig4_theory")
-    _final_table(ctx, [r for r in al if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")], ["loss.temperature"], "fig4",
-                 title="Final CL–NSCL CKA / RSA per τ (paper: epoch 300)")
+    _final_table(ctx, al, ["loss.temperature"], "fig4", title="Final CKA / RSA per τ (mean [95 % CI] over seeds)")
+    _findings(ctx, al, ["tau"])
 
 
 def make_fig5(ctx: Context) -> None:
     rows_all = _all(ctx)
     for i, (ds, rows) in enumerate(_by_dataset(ctx).items()):
-        al = [r for r in _align(rows) if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")]
+        al = [r for r in _align(rows) if r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
         for r in al:
             r["rule_B"] = f"{r.get('lr_rule')}, B={r.get('batch_size')}"
         ctx.save(plots.plot_final_vs(al, "batch_size", "lr_rule", reference=None), "fig5" if i == 0 else f"fig5_{ds}",
                  f"CL–NSCL alignment at the last epoch against batch size B for the linear, √B and B^(1/4) lr rules "
-                 f"({ds}); mean and min–max band over seeds.")
-        ctx.save(plots.plot_alignment(al, group_key="rule_B", splits=("test",), log_epoch=False),
+                 f"({ds}); mean and 95 % CI over seeds.")
+        ctx.save(plots.plot_alignment(al, group_key="rule_B", splits=("test",)),
                  "fig5_curves" if i == 0 else f"fig5_curves_{ds}", f"CL–NSCL alignment over epochs per (rule, B) ({ds}, test).")
     al = _align(rows_all)
     ctx.write_csv("fig5", al, ["batch_size", "lr_rule"] + ALIGN_COLS)
     _theory_figs(ctx, _theory(ctx, "lr_rule"), "batch_size", "fig5_theory")
-    _final_table(ctx, [r for r in al if (r["arm_a"], r["arm_b"]) == ("cl", "nscl")], ["optim.lr_rule", "train.batch_size"],
-                 "fig5", title="Final CL–NSCL CKA / RSA per lr rule and B (paper: mini-ImageNet, epoch 200)")
+    _final_table(ctx, al, ["optim.lr_rule", "train.batch_size"], "fig5",
+                 title="Final CKA / RSA per lr rule and B (mean [95 % CI] over seeds)")
+    _findings(ctx, al, ["lr_rule", "batch_size"])
     ctx.notes.append("paper-notes §6.2: the √B and B^(1/4) rules are not anchored at a reference batch, so at equal B "
                      "their learning rate is 16–180× smaller than the linear rule's; high alignment under those rules "
                      "partly reflects models that barely leave the shared initialisation.")
@@ -467,26 +514,41 @@ def make_fig5(ctx: Context) -> None:
 
 def make_weights(ctx: Context) -> None:
     for i, (ds, rows) in enumerate(_by_dataset(ctx).items()):
-        al = _align(rows)
-        ctx.save(plots.plot_weight_gap(al), "weights" if i == 0 else f"weights_{ds}",
-                 f"Weight gap between CL and each arm over training (log y) with a fitted exponential growth rate, "
-                 f"next to the representation alignment ({ds}, test split).")
+        wr = [r for r in rows if r.get("kind") in ("align", "baseline", "weight")]
+        ctx.save(plots.plot_weight_gap(wr), "weights" if i == 0 else f"weights_{ds}",
+                 f"Weight gap between CL and each arm against the optimiser step (log y; logged every step), with "
+                 f"the exponential-phase fit drawn over its window, next to the representation alignment ({ds}, test "
+                 "split).")
     al = _align(_all(ctx))
     ctx.write_csv("weights", al, ALIGN_COLS + ["weight_rel_l2"])
     fits = []
     for ds, rows in _by_dataset(ctx).items():
-        seeds = sorted({r.get("seed") for r in rows})
+        wr = [r for r in rows if r.get("kind") in ("align", "weight")]
+        seeds = sorted({r.get("seed") for r in wr}, key=str)
         for s in seeds + ["mean"]:
-            sel = [r for r in _align(rows) if s == "mean" or r.get("seed") == s]
-            for (a, b), rate in plots.weight_growth_rates(sel).items():
-                fits.append({"dataset": ds, "seed": s, "arm_a": a, "arm_b": b, "growth_rate_per_epoch": rate})
-    ctx.write_csv("weights_fit", fits, ["dataset", "seed", "arm_a", "arm_b", "growth_rate_per_epoch"])
-    ctx.tables.append({"title": "Fitted exponential growth rate of the weight gap (1/epoch, epochs > 0)",
-                       "header": ["dataset", "seed", "pair", "rate"],
-                       "rows": [[f["dataset"], f["seed"], f"{f['arm_a']} vs {f['arm_b']}", f["growth_rate_per_epoch"]]
-                                for f in fits],
-                       "note": "The paper gives no per-epoch weight-gap values (qualitative: 'diverge significantly')."})
+            sel = [r for r in wr if s == "mean" or r.get("seed") == s]
+            for (a, b), f in plots.weight_growth_fits(sel).items():
+                if f is None:
+                    continue
+                status = "exponential phase" if f.resolved else ("no exponential phase" if f.dense else "not resolved")
+                fits.append({"dataset": ds, "seed": s, "arm_a": a, "arm_b": b, "status": status,
+                             "rate_per_step": f.rate_per_step if f.resolved else None,
+                             "rate_per_epoch": f.rate_per_epoch if f.resolved else None, "start_step": f.start_step,
+                             "end_step": f.end_step, "n_points": f.n_points, "r2": f.r2, "saturates": f.saturates})
+    cols = ["dataset", "seed", "arm_a", "arm_b", "status", "rate_per_step", "rate_per_epoch", "start_step", "end_step",
+            "n_points", "r2", "saturates"]
+    ctx.write_csv("weights_fit", fits, cols)
+    ctx.tables.append({"title": "Exponential-phase fit of the weight gap (per seed and of the seed mean)",
+                       "header": ["dataset", "seed", "pair", "status", "rate / step", "rate / epoch", "window (steps)",
+                                  "R²"],
+                       "rows": [[f["dataset"], f["seed"], f"{f['arm_a']} vs {f['arm_b']}", f["status"],
+                                 f["rate_per_step"], f["rate_per_epoch"], f"{f['start_step']:g}–{f['end_step']:g}",
+                                 f["r2"]] for f in fits],
+                       "note": "Window rule (repalign.analysis.growth): from the first 3 points with a positive gap, "
+                               "extend while no two successive points fall > 20 % below the window's exponential fit. "
+                               "The paper gives no per-step weight-gap values (qualitative: 'diverge significantly')."})
     _final_table(ctx, al, [], None, title="Final representation alignment (for comparison with the weight gap)")
+    _findings(ctx, al, [])
 
 
 def make_lossgap(ctx: Context) -> None:
@@ -506,16 +568,29 @@ def make_lossgap(ctx: Context) -> None:
     ctx.save(plots.plot_loss_gap_vs_classes(pts), "lossgap_vs_C",
              "Loss gap at the end of training (mean over the last quarter of logged batches) against C, with its bound.")
     ctx.write_csv("lossgap_vs_C", pts, ["num_classes", "seed", "gap", "bound", "first_gap"])
-    tab = []
+    from repalign.analysis import summarize
+
+    tab, paper = [], []
     for c in cs:
-        g = [p["gap"] for p in pts if p["num_classes"] == c]
-        b = [p["bound"] for p in pts if p["num_classes"] == c]
-        paper = ref.lookup("lossgap", "gap", num_classes=c)
-        tab.append([c, _mean(g), _mean(b), math.log1p(math.e ** 2 / (c - 1)) if c > 1 else None,
-                    ref.format_reference(paper)])
-    ctx.tables.append({"title": "Loss gap vs C (τ = 1, seed mean)",
-                       "header": ["C", "measured gap", "bound (batch)", "log(1 + e²/(C − 1))", "predecessor paper (CIFAR-100)"],
-                       "rows": tab})
+        g = [p["gap"] for p in pts if p["num_classes"] == c and p["gap"] is not None]
+        b = [p["bound"] for p in pts if p["num_classes"] == c and p["bound"] is not None]
+        tab.append([c, summarize(g).text(4) if g else "—", _mean(b),
+                    math.log1p(math.e ** 2 / (c - 1)) if c > 1 else None, len(g)])
+        for ds, v in ref.lookup("lossgap", "gap", num_classes=c).items():
+            paper.append([c, ref.DATASET_NAMES.get(ds, ds), "ResNet-18 (predecessor, arXiv 2506.04411)", v])
+    ctx.tables.append({"title": "Loss gap vs C (τ = 1; mean [95 % CI] over seeds)",
+                       "header": ["C", "measured gap", "bound (batch)", "log(1 + e²/(C − 1))", "n seeds"], "rows": tab})
+    if paper:
+        ctx.tables.append({"title": "Loss gap vs C in the predecessor paper", "paper": True,
+                           "header": ["C", "paper dataset", "paper model / source", "paper gap"], "rows": paper})
+    # 0 ≤ gap ≤ bound on every logged batch?
+    ok = sum(1 for r in rows if -1e-6 <= r["gap"] <= r["bound"] + 1e-6)
+    worst = max((r["gap"] / r["bound"] for r in rows if r["bound"] > 0), default=float("nan"))
+    verdict_ = "higher" if ok == len(rows) and rows else "lower"
+    text = (f"0 ≤ L_DCL − L_NSCL ≤ log(1 + e^(2/τ)·n_max/(N − n_max)) held on {ok} of {len(rows)} logged batches "
+            f"(largest gap/bound ratio {worst:.3f})." if rows else "No loss-gap rows.")
+    ctx.findings.append({"label": "", "items": [{"text": text, "kind": "bound", "verdict": verdict_ if rows else None,
+                                                 "numbers": {"ok": ok, "n": len(rows), "max_ratio": worst}}]})
 
 
 FIGS: dict[str, FigureDef] = {
@@ -607,7 +682,8 @@ def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, proce
     secs = time.perf_counter() - t0
     settings = {"figure": fig, "scale": scale, "seconds": round(secs, 1),
                 "sweeps": [{"name": p.name, "label": p.label, **p.spec} for p in plans]}
-    man = {"title": d.title, "description": d.description, "figures": ctx.figures, "tables": ctx.tables,
+    man = {"title": d.title, "description": d.description, "findings": ctx.findings, "figures": ctx.figures,
+           "tables": ctx.tables,
            "notes": list(dict.fromkeys(ctx.notes)), "csv": ctx.csvs, "settings": settings}
     (outp / "reproduce.json").write_text(json.dumps(man, indent=2, default=str))
     from repalign.report.html import manifest_report

@@ -4,10 +4,11 @@
 paper's published values as data.
 """
 from repalign.report.html import write_report
-from repalign.report.plots import (OKABE_ITO, fit_growth_rate, plot_alignment, plot_angles, plot_final_vs,
+from repalign.report.plots import (OKABE_ITO, plot_alignment, plot_angles, plot_final_vs,
                                    plot_heatmaps, plot_knn, plot_loss_gap, plot_loss_gap_vs_classes, plot_theory,
-                                   plot_train_loss, plot_weight_gap, save_figure)
+                                   plot_train_loss, plot_weight_gap, save_figure,
+                                   weight_growth_fits)
 
-__all__ = ["write_report", "OKABE_ITO", "fit_growth_rate", "plot_alignment", "plot_angles", "plot_final_vs",
+__all__ = ["write_report", "OKABE_ITO", "plot_alignment", "plot_angles", "plot_final_vs",
            "plot_heatmaps", "plot_knn", "plot_loss_gap", "plot_loss_gap_vs_classes", "plot_theory",
-           "plot_train_loss", "plot_weight_gap", "save_figure"]
+           "plot_train_loss", "plot_weight_gap", "save_figure", "weight_growth_fits"]

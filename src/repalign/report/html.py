@@ -27,7 +27,11 @@ table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px so
 th{background:#eef3f8}td.l,th.l{text-align:left}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#444}
 .note{background:#fff8e1;border-left:4px solid #E69F00;padding:.5em .8em;font-size:.9em}
-.ctrl{color:#CC79A7;font-weight:600}
+.ctrl{color:#666;font-style:italic}tr.ctrl td{background:#f3f3f3;color:#555}tr.base td{background:#fafafa;color:#555}
+.findings{background:#eef6ee;border-left:4px solid #009E73;padding:.4em 1em .4em 1.6em;margin:.6em 0}
+.findings li{margin:.3em 0;font-size:.92em}h3{font-size:.95em;margin:1em 0 .2em}.findings h3{font-size:1em;margin:.6em 0 .2em -0.6em;color:#1b5e20}
+.v-higher{color:#1b5e20;font-weight:600}.v-lower{color:#b71c1c;font-weight:600}.v-undecided{color:#8d6e00;font-weight:600}
+.v-single{color:#333}dl.gloss dt{font-weight:600;margin-top:.4em}dl.gloss dd{margin-left:1.2em;font-size:.9em}
 """
 
 
@@ -99,7 +103,7 @@ def _arm_objectives(cfg: Mapping[str, Any]) -> dict[str, str]:
 
 def _is_control(cfg: Mapping[str, Any], arm: str) -> bool:
     spec = (cfg.get("arms") or {}).get(arm) or {}
-    return isinstance(spec, Mapping) and any(k in spec for k in ("init_seed", "data_seed"))
+    return isinstance(spec, Mapping) and any(k in spec for k in ("init_seed", "data_seed", "init_perturb"))
 
 
 def final_align(rows: Sequence[Mapping[str, Any]], split: str, layer: str = "h") -> dict[tuple[str, str], dict[str, Any]]:
@@ -113,27 +117,159 @@ def final_align(rows: Sequence[Mapping[str, Any]], split: str, layer: str = "h")
     return out
 
 
+def _final_baseline(rows: Sequence[Mapping[str, Any]], split: str, layer: str) -> Mapping[str, Any] | None:
+    last = None
+    for r in rows:
+        if r.get("kind") == "baseline" and r.get("split") == split and r.get("layer", "h") == layer:
+            if last is None or r["step"] >= last["step"]:
+                last = r
+    return last
+
+
+CONTROL_LABEL = {"chaos": "chaos floor", "noise_data": "noise floor (own data)", "noise_seed": "noise floor (own seed)"}
+
+
+CONTROL_SHORT = {"chaos": "chaos floor", "noise_data": "noise floor", "noise_seed": "noise floor (seed)"}
+
+
+def _pair_rows_html(rows: Sequence[Mapping[str, Any]], split: str, layer: str) -> tuple[str, str] | None:
+    fin = final_align(rows, split, layer)
+    if not fin:
+        return None
+    entries = []
+    for (a, b), r in fin.items():
+        kind = r.get("control")
+        noise = r.get("linear_cka_over_noise_data", r.get("linear_cka_over_noise_seed"))
+        entries.append(("ctrl" if kind else "", r.get("linear_cka") or 0.0, [
+            f"{a}–{b}", CONTROL_SHORT.get(kind, kind) if kind else "objective", r.get("linear_cka"),
+            r.get("linear_cka_rel"), r.get("linear_cka_over_chaos"), noise, r.get("rsa"), r.get("rsa_rel"),
+            r.get("sim_gap"), r.get("sim_gap_rel"), r.get("weight_gap_mean")]))
+    u = _final_baseline(rows, split, layer)
+    if u is not None:
+        entries.append(("base", u.get("linear_cka") or 0.0, [
+            "untrained–untrained", "baseline", u.get("linear_cka"), 0.0, None, None, u.get("rsa"), 0.0,
+            u.get("sim_gap"), u.get("sim_gap_rel"), None]))
+    entries.sort(key=lambda e: -e[1])
+    header = ["pair", "role", "linear CKA", "CKA rel. untrained", "CKA − chaos floor", "CKA − noise floor", "RSA",
+              "RSA rel. untrained", "sim gap", "ρ", "weight gap"]
+    h = "".join(f'<th class="{"l" if i < 2 else ""}">{esc(c)}</th>' for i, c in enumerate(header))
+    trs = []
+    for cls, _v, cells in entries:
+        tds = "".join(f'<td class="{"l" if i < 2 else ""}">{esc(fmt(c, 3) if isinstance(c, float) else fmt(c))}</td>'
+                      for i, c in enumerate(cells))
+        trs.append(f'<tr class="{cls}">{tds}</tr>')
+    any_row = next(iter(fin.values()))
+    when = f"step {any_row['step']}, epoch {any_row['epoch']}"
+    return when, f"<table><tr>{h}</tr>{''.join(trs)}</table>"
+
+
 def pair_table(rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any]) -> str:
-    """Final metrics per arm pair (train and test) with the paper's Fig 2 final values beside ours."""
-    objs = _arm_objectives(cfg)
-    header = ["pair", "split", "epoch", "linear CKA", "paper CKA (Fig 2, ≈ep 1200)", "RSA", "paper RSA (Fig 2)",
-              "sim gap", "ρ", "weight gap", "weight angle °", "repr angle °"]
-    out = []
-    for split in ("train", "test"):
-        for (a, b), r in final_align(rows, split).items():
-            refpair = f"{objs.get(a, a)}/{objs.get(b, b)}"
-            if _is_control(cfg, a) or _is_control(cfg, b):
-                pcka = prsa = "noise-floor control (no paper value)"
-            else:
-                pcka = ref.format_reference(ref.lookup("fig2", "linear_cka", split, pair=refpair, epoch=1200))
-                prsa = ref.format_reference(ref.lookup("fig2", "rsa", split, pair=refpair, epoch=1200))
-            label = f"{a} vs {b}" + (" [control]" if _is_control(cfg, b) else "")
-            out.append([label, split, r["epoch"], r.get("linear_cka"), pcka, r.get("rsa"), prsa, r.get("sim_gap"),
-                        r.get("sim_gap_rel"), r.get("weight_gap_mean"), r.get("weight_angle_deg"),
-                        r.get("repr_angle_deg")])
-    if not out:
+    """Final alignment of every pair with its baselines, per layer (test split first; train split
+    folded): value, value relative to the untrained baseline, margins over the chaos and noise floors;
+    controls and the baseline are shaded reference rows, sorted into the order by linear CKA."""
+    parts = []
+    for layer in ("h", "z"):
+        for split in ("test", "train"):
+            got = _pair_rows_html(rows, split, layer)
+            if got is None:
+                continue
+            when, t = got
+            title = f"{split} split, layer {layer} — final evaluation ({when})"
+            parts.append(f"<h3>{esc(title)}</h3>{t}" if split == "test"
+                         else f"<details><summary>{esc(title)}</summary>{t}</details>")
+    if not parts:
         return "<p>No alignment rows (evaluation disabled?).</p>"
-    return table(header, out)
+    return ("".join(parts) + "<p style='font-size:.8em;color:#555'>Rows sorted by linear CKA; shaded rows are "
+            "references (controls, untrained baseline). Columns are explained under <em>Column legend</em>.</p>")
+
+
+def growth_table(fits: Mapping[tuple[str, str], Any]) -> str:
+    """Exponential-phase fits of the weight gap, one row per pair (see repalign.analysis.growth)."""
+    out = []
+    for (a, b), f in fits.items():
+        if f is None:
+            out.append([f"{a}–{b}", None, None, "—", None, "too few points"])
+            continue
+        status = "exponential phase" if f.resolved else ("no exponential phase" if f.dense else "not resolved")
+        out.append([f"{a}–{b}", f.rate_per_step if f.resolved else None,
+                    f.rate_per_epoch if f.resolved else None, f"{f.start_step:g}–{f.end_step:g} ({f.n_points} pts)",
+                    f.r2, status + (", then saturates" if f.resolved and f.saturates else "")])
+    if not out:
+        return ""
+    return (table(["pair", "rate / step", "rate / epoch", "fitted window (steps)", "R²", "status"], out)
+            + "<p style='font-size:.8em;color:#555'>Window rule: start with the first 3 points with a positive gap; "
+              "extend while no two successive points fall more than 20 % below the window's exponential fit. "
+              "Resolved: ≥ 4 points, positive rate, R² ≥ 0.9. 'No exponential phase': sampled every step, yet the "
+              "log-gap bends from the start.</p>")
+
+
+GLOSSARY = [
+    ("linear CKA", "Centred kernel alignment of the two arms' features on the same N evaluation images "
+                   "(Kornblith et al. 2019): 1 = identical up to rotation and scale; unitless."),
+    ("CKA rel. untrained", "(v − u)/(1 − u) with u the CKA between two untrained models of this architecture on "
+                           "the same data: 0 = no more aligned than two random networks, 1 = identical."),
+    ("CKA − chaos floor", "This pair's CKA minus the CKA between the reference arm and its chaos-floor twin "
+                          "(init_perturb: same arm, same batches and views, initial weights perturbed by a relative "
+                          "ε). Positive: the objective keeps the representation closer than training noise alone does."),
+    ("CKA − noise floor", "The same margin against the noise-floor twin (data_seed: own batches and augmentations; "
+                          "init_seed: also its own initialisation)."),
+    ("RSA", "Pearson correlation of the two representational dissimilarity matrices (1 − cosine similarity "
+            "between every pair of evaluation images)."),
+    ("sim gap", "‖Σ_a − Σ_b‖_F: Frobenius norm of the difference of the two N×N cosine-similarity matrices "
+                "(the quantity the paper's bound controls)."),
+    ("ρ", "Relative similarity gap ‖Σ_a − Σ_b‖_F / ‖Σ_a‖_F; the theory bounds CKA ≥ (1 − ρ)/(1 + ρ)."),
+    ("weight gap", "Mean over encoder weight tensors of ‖W_a − W_b‖_F / ‖W_a‖_F (conv/linear weights and BN γ)."),
+    ("weight angle / repr angle", "Angle (degrees) between the two arms' flattened encoder weights / between "
+                                  "their centred Gram matrices (arccos of CKA-like cosine)."),
+    ("layer h / z", "h: encoder output (what the paper compares); z: projector output L2-normalised, i.e. the "
+                    "embedding the contrastive losses act on."),
+    ("step (epoch)", "Optimiser steps done at the evaluation, and the corresponding (possibly fractional) epoch."),
+]
+
+
+def glossary() -> str:
+    return "<dl class='gloss'>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in GLOSSARY) + "</dl>"
+
+
+def findings_html(groups: Sequence[tuple[str, Sequence[Any]]], extra: Sequence[str] = ()) -> str:
+    """The Findings section: one list item per sentence, verdict words coloured; ``groups`` from
+    :func:`repalign.analysis.findings`."""
+    parts = []
+    for label, fs in groups:
+        if not fs:
+            continue
+        items = []
+        for f in fs:
+            cls = f" class='v-{f.verdict}'" if f.verdict else ""
+            items.append(f"<li><span{cls}>{esc(f.text)}</span></li>")
+        head = f"<h3>{esc(label)}</h3>" if label else ""
+        parts.append(head + "<ul>" + "".join(items) + "</ul>")
+    parts += [f"<p>{esc(e)}</p>" for e in extra]
+    if not parts:
+        return "<p>No alignment rows to draw findings from (evaluation disabled?).</p>"
+    return "<div class='findings'>" + "".join(parts) + "</div>"
+
+
+def paper_section(rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any]) -> str:
+    """The paper's published Fig 2 values for the objective pairs present, in their own table,
+    labelled with the paper's dataset, model and epoch — never beside a short CPU run's numbers."""
+    objs = _arm_objectives(cfg)
+    pairs = sorted({(r["arm_a"], r["arm_b"]) for r in rows if r.get("kind") == "align" and not r.get("control")})
+    out = []
+    for a, b in pairs:
+        refpair = f"{objs.get(a, a)}/{objs.get(b, b)}"
+        for metric in ("linear_cka", "rsa"):
+            for split in ("train", "test"):
+                vals = ref.lookup("fig2", metric, split, pair=refpair, epoch=1200)
+                for ds, v in (vals or {}).items():
+                    out.append([f"{a} vs {b} ({refpair})", ref.DATASET_NAMES.get(ds, ds), "ResNet-50", 1200, split,
+                                metric.replace("_", " "), v])
+    if not out:
+        return "<p>The paper publishes no values for these pairs.</p>"
+    return (table(["our pair (objectives)", "paper dataset", "paper model", "paper epoch", "split", "metric",
+                   "paper value (≈, read off Fig 2)"], out, left=2)
+            + "<p class='note'>From arXiv 2510.08852, Fig 2 (τ = 0.1, ≈ 1,200 epochs of ResNet-50). Different "
+              "dataset, model and training length from this run: compare orderings and trends, not values.</p>")
 
 
 def arm_table(rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
@@ -153,6 +289,8 @@ def arm_table(rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any], meta: M
             ctrl.append(f"init_seed={m['init_seed']}")
         if m.get("data_seed") is not None:
             ctrl.append(f"data_seed={m['data_seed']}")
+        if m.get("init_perturb") is not None:
+            ctrl.append(f"init_perturb={m['init_perturb']:g} (chaos floor of {m.get('same_as')})")
         out.append([name, m.get("objective", _arm_objectives(cfg).get(name, "?")),
                     ", ".join(f"{k}={v}" for k, v in (m.get("overrides") or {}).items()) or "—",
                     "; ".join(ctrl) or "shared", m.get("shares_all_initial_weights", "?"),
@@ -180,8 +318,15 @@ def _emit(fig: Any, out_dir: Path, name: str) -> Path:
     return p
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Report of one run directory → ``out_dir/report.html`` (default ``RUN_DIR/report/``)."""
+    from repalign.analysis import findings
     from repalign.experiments.theory import THEORY_NOTE, theory_rows
 
     d = Path(run_dir)
@@ -192,56 +337,68 @@ def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     for old in out.glob("*.png"):
         old.unlink()
     cfg, meta, rows = _read_yaml(d / "config.yaml"), _read_json(d / "meta.json"), read_rows(d)
-    align = [r for r in rows if r.get("kind") == "align"]
+    align = [r for r in rows if r.get("kind") in ("align", "baseline")]
     figs: list[tuple[str, str, Any]] = [
-        ("alignment", "Alignment (linear CKA, RSA) between arm pairs over epochs, train (solid) and test (dashed), layer h.",
-         plots.plot_alignment(align)),
+        ("alignment", "Alignment between arm pairs over training, layer h (encoder output): train (solid) and test "
+                      "(dashed) split. Grey dashed with shading: control pairs (chaos / noise floor); dotted black: "
+                      "untrained baseline.", plots.plot_alignment(align)),
     ]
     if any(r.get("layer") == "z" for r in align):
-        figs.append(("alignment_z", "Alignment on the projector output z.", plots.plot_alignment(align, layer="z")))
+        figs.append(("alignment_z", "The same for layer z (projector output, L2-normalised as the loss sees it).",
+                     plots.plot_alignment(align, layer="z")))
+    fits = plots.weight_growth_fits(rows)
     figs += [
-        ("weight_gap", "Weight gap over epochs (log y) with a fitted exponential growth rate, next to the "
-                       "representation alignment.", plots.plot_weight_gap(align)),
+        ("weight_gap", "Weight gap between the reference arm and each other arm against the optimiser step (log y), "
+                       "with the exponential-phase fit over its window (see the fitted rates below), next to the "
+                       "representation alignment.", plots.plot_weight_gap(rows)),
         ("angles", "Weight-space vs representation-space angle (Fig 1 of the paper).", plots.plot_angles(align)),
-        ("loss_gap", "Per-batch loss gap L_DCL − L_NSCL of the CL arm against its bound over steps.",
+        ("loss_gap", "Per-batch loss gap L_DCL − L_NSCL of each CL arm against its bound over steps.",
          plots.plot_loss_gap(rows)),
         ("train_loss", "Per-arm training loss.", plots.plot_train_loss(rows)),
-        ("knn", "kNN accuracy per arm.", plots.plot_knn(rows)),
+        ("knn", "kNN accuracy per arm (test split).", plots.plot_knn(rows)),
     ]
     th: list[dict[str, Any]] = []
+    theory_caption = ("Similarity gap with the main bound's shape (normalised at the first evaluation after step 0; "
+                      "constants unknown, so trend only), and CKA with its lower bound (1 − ρ)/(1 + ρ).")
     try:
-        th = theory_rows(rows, cfg, meta) if align and cfg else []
+        th = theory_rows(rows, cfg, meta) if [r for r in align if r.get("kind") == "align"] and cfg else []
     except (ValueError, KeyError) as e:  # incomplete config/meta: report without the overlay
         th = []
         figs.append(("theory", f"Theory overlay unavailable: {e}", plots.plot_theory([])))
     if th:
-        figs.append(("theory", "Similarity gap with the main bound's shape, and CKA with its lower bound. "
-                     + THEORY_NOTE, plots.plot_theory(th)))
+        figs.append(("theory", theory_caption, plots.plot_theory(th)))
     imgs = []
     for name, cap, fig in figs:
         imgs.append(img_tag(_emit(fig, out, name), cap))
-    rates = plots.weight_growth_rates(align)
-    rate_txt = ", ".join(f"{a} vs {b}: {fmt(r)} /epoch" for (a, b), r in rates.items())
     name = cfg.get("name") or d.name
+    seed = meta.get("seed", cfg.get("seed"))
+    fnd = findings([dict(r, seed=seed) for r in align])
+    extra = ["One run is one seed: the margins above have no confidence interval. For uncertainty, run the same "
+             "config over seeds (repalign sweep CONFIG seed=[0,1,2,3]); its report states the intervals."]
     sections = [
         ("", f"<p>Run directory <code>{esc(d.resolve())}</code>. Coupled arms share initial weights, mini-batches "
-             f"and augmented views unless marked as a control (own <code>init_seed</code>/<code>data_seed</code>).</p>"),
-        ("Final metrics per arm pair", pair_table(rows, cfg) +
-         "<p class='note'>Paper values (≈, read off Fig 2 of arXiv 2510.08852 at ≈1200 epochs of ResNet-50 on "
-         "CIFAR-100 / Tiny-ImageNet / mini-ImageNet, τ = 0.1) are for orientation only: this run's dataset, model "
-         "and length differ.</p>" + (f"<p>Fitted weight-gap growth rates: {esc(rate_txt)}.</p>" if rates else "")),
+             f"and augmented views unless marked as a control (own <code>init_seed</code>/<code>data_seed</code>, or "
+             f"perturbed initial weights <code>init_perturb</code>).</p>"),
+        ("Findings", findings_html(fnd, extra)),
+        ("Final alignment with baselines", pair_table(rows, cfg)),
+        ("Weight-gap growth", growth_table(fits) or "<p>No weight-gap rows.</p>"),
         ("Arms", arm_table(rows, cfg, meta)),
         ("Figures", "\n".join(imgs)),
-        ("Theory overlay", f"<p class='note'>{esc(THEORY_NOTE)}</p>"),
+        ("Theory overlay", f"<p class='note'>{esc(THEORY_NOTE)}</p>" if th else "<p>No theory overlay for this run.</p>"),
+        ("Column legend", glossary()),
+        ("Published values (the paper, for orientation)", paper_section(rows, cfg)),
         ("Provenance", provenance(cfg, meta)),
     ]
     path = out / "report.html"
-    path.write_text(page(f"repalign report — {name}", sections))
+    _atomic_write_text(path, page(f"repalign report — {name}", sections))
     return path
 
 
 def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Report of a sweep directory (``summary.csv`` + ``points/``) → ``SWEEP/report/report.html``."""
+    """Report of a sweep directory (``summary.csv`` + ``points/``) → ``SWEEP/report/report.html``:
+    Findings per condition (seeds pooled, with 95 % intervals), final values with CIs, figures with
+    mean ± CI bands, controls shaded."""
+    from repalign.analysis import findings, summarize
     from repalign.experiments.sweep import load_sweep_state, read_summary
 
     d = Path(sweep_dir)
@@ -252,64 +409,88 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     state = load_sweep_state(d)
     keys = list(state.get("grid_keys", []))
     rows = read_summary(d / "summary.csv") if (d / "summary.csv").exists() else []
-    align = [r for r in rows if r.get("kind") == "align"]
-    cols = keys
-    varying = [c for c in cols if c != "seed"]
-    group = varying[0] if len(varying) == 1 else ("point" if varying else None)
-    if group == "point":
+    align = [r for r in rows if r.get("kind") in ("align", "baseline")]
+    varying = [c for c in keys if c != "seed"]
+    group = varying[0] if len(varying) == 1 else ("condition" if varying else None)
+    if group == "condition":
         for r in align:
-            r["point"] = ",".join(f"{k.split('.')[-1]}={r.get(k)}" for k in varying)
+            r["condition"] = ",".join(f"{k.split('.')[-1]}={r.get(k)}" for k in varying)
     imgs = []
-    pairs = plots._pairs_of(align)
+    pairs = plots._pairs_of([r for r in align if r.get("kind") == "align"])
     for a, b in pairs:
-        sel = [r for r in align if (r["arm_a"], r["arm_b"]) == (a, b)]
+        sel = [r for r in align if r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == (a, b)]
         fig = plots.plot_alignment(sel, group_key=group, title=f"{a} vs {b}")
-        imgs.append(img_tag(_emit(fig, out, f"alignment_{a}_vs_{b}"), f"{a} vs {b} over epochs per {group or 'run'}; "
-                            "mean and min–max band over seeds."))
+        imgs.append(img_tag(_emit(fig, out, f"alignment_{a}_vs_{b}"), f"{a} vs {b} per {group or 'run'}; "
+                            "mean and 95 % CI band over seeds (n in the legend); dotted: untrained baseline."))
     if align:
-        imgs.append(img_tag(_emit(plots.plot_weight_gap(align), out, "weight_gap"),
-                            "Weight gap (all points pooled per pair) with exponential fit."))
+        imgs.append(img_tag(_emit(plots.plot_weight_gap(rows), out, "weight_gap"),
+                            "Weight gap (all conditions pooled per pair) with the exponential-phase fit."))
+    # final values per condition × pair (test split, layer h): mean [95 % CI] over seeds
     fin = []
-    last = {}
+    last_step: dict[tuple, int] = {}
     for r in align:
-        if r.get("split") != "test" or r.get("layer", "h") != "h":
+        if r.get("kind") == "align":
+            k = tuple(r.get(c) for c in varying) + (r.get("seed"),)
+            last_step[k] = max(last_step.get(k, -1), int(r["step"]))
+    cells: dict[tuple, list[float]] = {}
+    for r in align:
+        if r.get("split") != "test" or r.get("layer", "h") != "h" or r.get("linear_cka") is None:
             continue
-        k = (r["point"], r["arm_a"], r["arm_b"])
-        if k not in last or r["step"] >= last[k]["step"]:
-            last[k] = r
-    for (pt, a, b), r in last.items():
-        fin.append([pt] + [r.get(c) for c in cols] + [f"{a} vs {b}", r["epoch"], r.get("linear_cka"), r.get("rsa"),
-                                                      r.get("sim_gap"), r.get("weight_gap_mean")])
+        if r["step"] != last_step.get(tuple(r.get(c) for c in varying) + (r.get("seed"),)):
+            continue
+        pair = f"{r['arm_a']} vs {r['arm_b']}" if r.get("kind") == "align" else "untrained baseline"
+        role = (CONTROL_LABEL.get(r.get("control"), "objective") if r.get("kind") == "align" else "reference")
+        cells.setdefault(tuple(r.get(c) for c in varying) + (pair, role), []).append(float(r["linear_cka"]))
+    for k, v in cells.items():
+        sm = summarize(v)
+        fin.append([*k, sm.text(), sm.n])
+    fnd = findings(rows, group_keys=varying)
     spec_txt = esc(yaml.safe_dump(state.get("spec", {}), sort_keys=False))
     sections = [
         ("", f"<p>Sweep directory <code>{esc(d.resolve())}</code>: {len(state.get('points', []))} points, "
-             f"{sum(1 for p in state.get('points', []) if p.get('done'))} finished.</p>"),
-        ("Final metrics per point (test split, layer h)",
-         table(["point"] + cols + ["pair", "epoch", "linear CKA", "RSA", "sim gap", "weight gap"], fin)
+             f"{sum(1 for p in state.get('points', []) if p.get('done'))} finished. Seed aggregation: "
+             f"<code>aggregate.csv</code> (mean, std, n, 95 % CI), paired comparisons: <code>comparisons.csv</code>.</p>"),
+        ("Findings", findings_html(fnd)),
+        ("Final linear CKA per condition (test split, layer h; mean [95 % CI] over seeds)",
+         table(varying + ["pair", "role", "linear CKA", "n"], fin, left=len(varying) + 2)
          if fin else "<p>No finished points yet.</p>"),
         ("Figures", "\n".join(imgs) or "<p>No alignment rows.</p>"),
+        ("Column legend", glossary()),
         ("Sweep spec", f"<pre>{spec_txt}</pre>"),
     ]
     path = out / "report.html"
-    path.write_text(page(f"repalign sweep report — {d.name}", sections))
+    _atomic_write_text(path, page(f"repalign sweep report — {d.name}", sections))
     return path
 
 
 def manifest_report(out_dir: str | Path) -> Path:
-    """Report of a ``repalign reproduce`` output (``reproduce.json`` manifest listing its PNGs)."""
+    """Report of a ``repalign reproduce`` output (``reproduce.json`` manifest listing its PNGs):
+    Findings first, then our tables, figures, notes, the paper's values in their own section, settings."""
+    from repalign.analysis.findings import Finding
+
     d = Path(out_dir)
     man = _read_json(d / "reproduce.json")
     imgs = [img_tag(d / p["file"], p.get("caption", "")) for p in man.get("figures", []) if (d / p["file"]).exists()]
     sections: list[tuple[str, str]] = [("", f"<p>{esc(man.get('description', ''))}</p>")]
+    fnd = [(g["label"], [Finding(f["text"], f.get("kind", ""), f.get("verdict")) for f in g["items"]])
+           for g in man.get("findings", [])]
+    sections.append(("Findings", findings_html(fnd)))
+    paper_tables = []
     for t in man.get("tables", []):
-        sections.append((t["title"], table(t["header"], t["rows"]) + (f"<p class='note'>{esc(t['note'])}</p>"
-                                                                       if t.get("note") else "")))
+        html_t = table(t["header"], t["rows"]) + (f"<p class='note'>{esc(t['note'])}</p>" if t.get("note") else "")
+        if t.get("paper"):
+            paper_tables.append((t["title"], html_t))
+        else:
+            sections.append((t["title"], html_t))
     sections.append(("Figures", "\n".join(imgs)))
     for n in man.get("notes", []):
         sections.append(("", f"<p class='note'>{esc(n)}</p>"))
+    sections.append(("Column legend", glossary()))
+    for title, html_t in paper_tables:
+        sections.append((f"Published values — {title}", html_t))
     sections.append(("Settings", f"<pre>{esc(yaml.safe_dump(man.get('settings', {}), sort_keys=False))}</pre>"))
     path = d / "report.html"
-    path.write_text(page(man.get("title", f"repalign reproduce — {d.name}"), sections))
+    _atomic_write_text(path, page(man.get("title", f"repalign reproduce — {d.name}"), sections))
     return path
 
 
@@ -320,9 +501,11 @@ def write_report(path: str | Path) -> Path:
         raise ValueError(f"report path {str(d)!r} is not a directory")
     if (d / "reproduce.json").exists():
         return manifest_report(d)
+    from repalign.training.rundir import write_locked_output  # one writer; a failure keeps the old report/
+
     if (d / "metrics.jsonl").exists():
-        return run_report(d)
+        return write_locked_output(d, "report", run_report)
     if (d / "sweep.json").exists() or (d / "summary.csv").exists() or (d / "points").is_dir():
-        return sweep_report(d)
+        return write_locked_output(d, "report", sweep_report)
     raise ValueError(f"report path {str(d)!r} is neither a run directory (metrics.jsonl), a sweep directory "
                      "(sweep.json / summary.csv) nor a reproduce output (reproduce.json)")

@@ -3,8 +3,10 @@
 Every function takes plain lists of metric rows (the ``metrics.jsonl`` schema of docs/design.md,
 optionally with extra keys such as ``seed``, ``tau`` or ``num_classes`` added by a sweep) and
 returns a :class:`matplotlib.figure.Figure`; nothing is read from disk. Rows sharing everything
-but their ``seed`` are averaged: the line is the mean, the band the min–max over seeds (± std
-would need ≥ 3 seeds to mean anything). Curves are labelled by arm name (``cl vs nscl``).
+but their ``seed`` are averaged: the line is the mean, the band its 95 % t-interval over seeds (the
+legend says n). Curves are labelled by arm name (``cl vs nscl``). Control pairs (an arm against its
+chaos-floor or noise-floor twin, ``control`` column) are drawn as grey shaded references, the
+untrained baseline as a dotted black line, so they read as reference levels, not objectives.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "
 LINESTYLE = {"train": "-", "test": "--"}
 METRIC_LABEL = {
     "linear_cka": "linear CKA", "debiased_cka": "debiased CKA", "rsa": "RSA (Pearson r of RDMs)",
+    "linear_cka_rel": "CKA relative to untrained", "rsa_rel": "RSA relative to untrained",
     "sim_gap": "similarity gap ‖Σ_a − Σ_b‖_F", "sim_gap_rel": "relative similarity gap ρ",
     "weight_gap_mean": "weight gap (mean rel. Frobenius)",
     "weight_rel_l2": "relative L2 weight distance", "weight_angle_deg": "weight-space angle (degrees)",
@@ -52,8 +55,11 @@ def _finite(v: Any) -> bool:
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Mean, min and max of ``y`` over rows sharing ``x`` (rows from several seeds) → ``(x, mean, lo, hi, n)``;
-    ``n`` = largest number of values averaged at one ``x``. Non-finite values are left out."""
+    """Mean and 95 % t-interval of ``y`` over rows sharing ``x`` (rows from several seeds) →
+    ``(x, mean, lo, hi, n)``; ``n`` = largest number of values averaged at one ``x``; where only one
+    value exists ``lo = hi = mean``. Non-finite values are left out."""
+    from repalign.analysis.stats import t_interval
+
     by: dict[float, list[float]] = defaultdict(list)
     for r in rows:
         if _finite(r.get(x)) and _finite(r.get(y)):
@@ -62,27 +68,69 @@ def aggregate(rows: Iterable[Mapping[str, Any]], x: str, y: str) -> tuple[np.nda
     if not len(xs):
         return xs, xs, xs, xs, 0
     vals = [np.array(by[v]) for v in xs]
-    return (xs, np.array([v.mean() for v in vals]), np.array([v.min() for v in vals]),
-            np.array([v.max() for v in vals]), max(len(v) for v in vals))
+    means = np.array([v.mean() for v in vals])
+    ci = [t_interval(v) if len(v) > 1 else None for v in vals]
+    lo = np.array([c[0] if c else m for c, m in zip(ci, means)])
+    hi = np.array([c[1] if c else m for c, m in zip(ci, means)])
+    return xs, means, lo, hi, max(len(v) for v in vals)
 
 
-def _line(ax, rows, x, y, label, col, ls="-", marker="o", band=True):
+def _line(ax, rows, x, y, label, col, ls="-", marker="o", band=True, control=False):
     xs, m, lo, hi, n = aggregate(rows, x, y)
     if not len(xs):
         return None
-    lab = label + (f" (mean of {n}, band = min–max)" if n > 1 else "")
-    (h,) = ax.plot(xs, m, ls, color=col, marker=marker, ms=3, lw=1.5, label=lab)
+    lab = label + (f" (mean ± 95 % CI, n = {n})" if n > 1 else "")
+    if control:  # reference level: grey, dashed, shaded
+        (h,) = ax.plot(xs, m, "--", color=col, lw=1.2, label=lab, zorder=1)
+        ax.fill_between(xs, lo if n > 1 else m, hi if n > 1 else m, color=col, alpha=0.25, lw=0, zorder=0)
+        if n <= 1:
+            ax.fill_between(xs, m - 0.004, m + 0.004, color=col, alpha=0.25, lw=0, zorder=0)
+        return h
+    (h,) = ax.plot(xs, m, ls, color=col, marker=marker, ms=3, lw=1.5, label=lab, zorder=3)
     if band and n > 1:
-        ax.fill_between(xs, lo, hi, color=col, alpha=0.18, lw=0)
+        ax.fill_between(xs, lo, hi, color=col, alpha=0.18, lw=0, zorder=2)
     return h
 
 
-def _epoch_axis(ax, log_epoch: bool) -> None:
-    if log_epoch:
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("epoch (symlog scale)")
-    else:
-        ax.set_xlabel("epoch")
+#: Grey shades for control pairs (chaos floor darker, noise floors lighter).
+CONTROL_COLOURS = {"chaos": "#555555", "noise_data": "#999999", "noise_seed": "#BBBBBB"}
+CONTROL_NAMES = {"chaos": "chaos floor", "noise_data": "noise floor (own data)", "noise_seed": "noise floor (own seed)"}
+
+
+def x_axis(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str, bool]:
+    """The one x-axis of a set of evaluation rows: ``("epoch", label, log=False)`` when every
+    evaluation falls on an epoch boundary, else optimiser steps on a symlog axis labelled with real
+    step values and the steps per epoch."""
+    fractional = any(_finite(r.get("epoch")) and float(r["epoch"]) != int(float(r["epoch"])) for r in rows)
+    if not fractional:
+        return "epoch", "epoch", False
+    spe = sorted({round(float(r["step"]) / float(r["epoch"])) for r in rows
+                  if _finite(r.get("epoch")) and float(r["epoch"]) >= 1 and _finite(r.get("step"))})
+    extra = f"; 1 epoch = {spe[0]} steps" if len(spe) == 1 else ""
+    return "step", f"optimiser step (log scale{extra})", True
+
+
+def _apply_x(ax, label: str, log: bool) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    if log:
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
+        hi = max(1.0, ax.get_xlim()[1])
+        ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000,
+                             100_000, 200_000, 500_000) if t <= hi]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+        ax.set_xlim(left=0, right=hi * 1.12)
+    ax.set_xlabel(label)
+
+
+def _baseline_line(ax, rows: Sequence[Mapping[str, Any]], metric: str, split: str, layer: str) -> None:
+    """Dotted horizontal line at the untrained baseline (mean over seeds) of ``metric``."""
+    vals = [float(r[metric]) for r in rows if r.get("kind") == "baseline" and r.get("split") == split
+            and r.get("layer", "h") == layer and _finite(r.get(metric))]
+    if vals:
+        ax.axhline(float(np.mean(vals)), color="black", ls=":", lw=1.2,
+                   label=f"untrained baseline ({np.mean(vals):.2f})", zorder=1)
 
 
 def _no_data(ax, what: str) -> None:
@@ -127,12 +175,19 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def plot_alignment(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = ("linear_cka", "rsa"),
                    splits: Sequence[str] = ("train", "test"), layer: str = "h",
                    pairs: Sequence[tuple[str, str]] | None = None, group_key: str | None = None,
-                   log_epoch: bool = True, title: str | None = None) -> Figure:
-    """Alignment over epochs: one panel per (metric, split); a curve per arm pair, or per value of
-    ``group_key`` (e.g. ``tau``) when given; mean and min–max band over seeds."""
+                   log_epoch: bool | None = None, title: str | None = None) -> Figure:
+    """Alignment over training: one panel per (metric, split); a curve per arm pair, or per value of
+    ``group_key`` (e.g. ``tau``) when given; mean and 95 % CI band over seeds. Control pairs are grey
+    shaded references and the untrained baseline (``kind: baseline`` rows) a dotted line. The x-axis
+    is linear epochs, or log-scaled steps when evaluations fall mid-epoch (:func:`x_axis`);
+    ``log_epoch`` is accepted for compatibility and ignored."""
+    rows = list(rows)
+    base = [r for r in rows if r.get("kind") == "baseline"]
     rows = [r for r in rows if r.get("kind", "align") == "align" and r.get("layer", "h") == layer]
     pairs = list(pairs) if pairs is not None else _pairs_of(rows)
-    fig, axes = new_figure(len(metrics), len(splits))
+    ctrl = {(r["arm_a"], r["arm_b"]): r.get("control") for r in rows}
+    xk, xlabel, xlog = x_axis(rows)
+    fig, axes = new_figure(len(metrics), len(splits), w=5.6, h=3.8)
     groups = _values_of(rows, group_key) if group_key else [None]
     for i, metric in enumerate(metrics):
         for j, split in enumerate(splits):
@@ -142,18 +197,23 @@ def plot_alignment(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = (
                 _no_data(ax, f"{split} alignment")
             k = 0
             for a, b in pairs:
+                kind = ctrl.get((a, b))
                 for g in groups:
                     rr = [r for r in sel if r["arm_a"] == a and r["arm_b"] == b and (g is None or r.get(group_key) == g)]
                     lab = pair_label(a, b) if g is None else (f"{group_key}={g}" if len(pairs) == 1
                                                               else f"{pair_label(a, b)}, {group_key}={g}")
-                    if _line(ax, rr, "epoch", metric, lab, OKABE_ITO[k % len(OKABE_ITO)], LINESTYLE.get(split, "-")):
+                    if kind:
+                        _line(ax, rr, xk, metric, f"[{CONTROL_NAMES.get(kind, kind)}] {lab}",
+                              CONTROL_COLOURS.get(kind, "#888888"), control=True)
+                    elif _line(ax, rr, xk, metric, lab, OKABE_ITO[k % len(OKABE_ITO)], LINESTYLE.get(split, "-")):
                         k += 1
-            _epoch_axis(ax, log_epoch)
-            ax.set_ylabel(f"{METRIC_LABEL.get(metric, metric)} (unitless)")
-            ax.set_title(f"{METRIC_LABEL.get(metric, metric)} — {split} split, layer {layer}", fontsize=9)
+            _baseline_line(ax, base, metric, split, layer)
+            _apply_x(ax, xlabel, xlog)
+            ax.set_ylabel(METRIC_LABEL.get(metric, metric))
+            ax.set_title(f"{METRIC_LABEL.get(metric, metric)}: {split} split, layer {layer}", fontsize=9)
             ax.grid(alpha=0.3)
-            if k:
-                ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(fontsize=6.5, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -172,10 +232,11 @@ def plot_angles(rows: Iterable[Mapping[str, Any]], pair: tuple[str, str] | None 
         _no_data(ax, "alignment")
         return fig
     rr = [r for r in rows if (r["arm_a"], r["arm_b"]) == tuple(pair)]
+    xk, xlabel, xlog = x_axis(rr)
     for k, (key, lab) in enumerate((("weight_angle_deg", "weight space"), ("repr_angle_deg", "representation space"),
                                     ("displacement_angle_deg", "weight displacement from init"))):
-        _line(ax, rr, "epoch", key, f"{lab} ({pair_label(*pair)})", OKABE_ITO[k], "-" if k < 2 else ":")
-    _epoch_axis(ax, log_epoch)
+        _line(ax, rr, xk, key, f"{lab} ({pair_label(*pair)})", OKABE_ITO[k], "-" if k < 2 else ":")
+    _apply_x(ax, xlabel, xlog)
     ax.set_ylabel("angle (degrees)")
     ax.set_title(f"angle between {pair[0]} and {pair[1]} ({split} split, layer {layer})", fontsize=9)
     ax.grid(alpha=0.3)
@@ -184,71 +245,85 @@ def plot_angles(rows: Iterable[Mapping[str, Any]], pair: tuple[str, str] | None 
 
 
 # --------------------------------------------------------------------------- weights
-def fit_growth_rate(epochs: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
-    """Least-squares fit ``log v = a + r·epoch`` over points with epoch > 0 and v > 0 → ``(r, a)``
-    (``r`` in 1/epoch; ``nan`` when fewer than 2 usable points)."""
-    e = np.asarray(epochs, dtype=float)
-    v = np.asarray(values, dtype=float)
-    ok = (e > 0) & (v > 0) & np.isfinite(v)
-    if ok.sum() < 2:
-        return float("nan"), float("nan")
-    r, a = np.polyfit(e[ok], np.log(v[ok]), 1)
-    return float(r), float(a)
+def weight_series(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap_mean", split: str = "test",
+                  layer: str = "h") -> list[dict[str, Any]]:
+    """The weight-gap series of every pair: the dense ``kind: weight`` rows (``eval.weight_every``)
+    when present, else the ``align`` rows of one split/layer (the weight gap is the same in all)."""
+    rows = list(rows)
+    dense = [r for r in rows if r.get("kind") == "weight" and _finite(r.get(metric))]
+    if dense:
+        return dense
+    return [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
+            and r.get("layer", "h") == layer and _finite(r.get(metric))]
+
+
+def _steps_per_epoch(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    spe = sorted({round(float(r["step"]) / float(r["epoch"])) for r in rows
+                  if _finite(r.get("epoch")) and float(r["epoch"]) >= 1 and _finite(r.get("step"))})
+    return int(spe[0]) if len(spe) == 1 else None
+
+
+def weight_growth_fits(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap_mean") -> dict[tuple[str, str], Any]:
+    """Exponential-phase fit (:func:`repalign.analysis.fit_exponential_phase`) of the seed-mean weight gap
+    of every pair against the step → ``{(a, b): GrowthFit | None}``."""
+    from repalign.analysis.growth import fit_exponential_phase
+
+    ser = weight_series(rows, metric)
+    spe = _steps_per_epoch(ser)
+    out = {}
+    for a, b in _pairs_of(ser):
+        xs, m, *_ = aggregate([r for r in ser if (r["arm_a"], r["arm_b"]) == (a, b)], "step", metric)
+        out[(a, b)] = fit_exponential_phase(xs, m, steps_per_epoch=spe)
+    return out
 
 
 def plot_weight_gap(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap_mean", split: str = "test",
                     layer: str = "h", with_alignment: bool = True, pairs: Sequence[tuple[str, str]] | None = None
                     ) -> Figure:
-    """Weight gap over epochs (log y) with a fitted exponential growth rate per pair, next to the
-    representation alignment (linear CKA) of the same pairs."""
-    rows = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
-            and r.get("layer", "h") == layer]
-    pairs = list(pairs) if pairs is not None else _pairs_of(rows)
-    fig, axes = new_figure(1, 2 if with_alignment else 1)
+    """Weight gap against the optimiser step (log y), with each pair's exponential-phase fit drawn
+    over its fitted window only, next to the representation alignment (linear CKA) of the same pairs."""
+    rows = list(rows)
+    ser = weight_series(rows, metric, split, layer)
+    pairs = list(pairs) if pairs is not None else _pairs_of(ser)
+    fits = weight_growth_fits(rows, metric)
+    ctrl = {(r["arm_a"], r["arm_b"]): r.get("control") for r in rows if r.get("kind", "align") == "align"}
+    fig, axes = new_figure(1, 2 if with_alignment else 1, w=5.8, h=3.9)
     ax = axes[0, 0]
-    if not rows:
-        _no_data(ax, "alignment")
+    if not ser:
+        _no_data(ax, "weight gap")
     for k, (a, b) in enumerate(pairs):
-        rr = [r for r in rows if r["arm_a"] == a and r["arm_b"] == b]
+        rr = [r for r in ser if r["arm_a"] == a and r["arm_b"] == b and r[metric] > 0]
         col = OKABE_ITO[k % len(OKABE_ITO)]
-        xs, m, _lo, _hi, _n = aggregate(rr, "epoch", metric)
-        rate, icpt = fit_growth_rate(xs, m)
-        lab = pair_label(a, b) + (f"  (fit: ∝ e^{{{rate:.3g}·epoch}})" if math.isfinite(rate) else "")
-        _line(ax, [r for r in rr if _finite(r.get(metric)) and r[metric] > 0], "epoch", metric, lab, col)
-        if math.isfinite(rate):
-            ex = xs[xs > 0]
-            ax.plot(ex, np.exp(icpt + rate * ex), ":", color=col, lw=1)
+        kind = ctrl.get((a, b))
+        lab = (f"[{CONTROL_NAMES[kind]}] " if kind in CONTROL_NAMES else "") + pair_label(a, b)
+        _line(ax, rr, "step", metric, lab, col, marker="." if len(rr) > 40 else "o")
+        f = fits.get((a, b))
+        if f is not None and f.resolved:
+            ex = np.linspace(f.start_step, f.end_step, 50)
+            ax.plot(ex, np.exp(f.intercept + f.rate_per_step * ex), ":", color=col, lw=2,
+                    label=f"fit {pair_label(a, b)}: rate {f.rate_per_step:.3g}/step, steps {f.start_step:g}–{f.end_step:g}")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{METRIC_LABEL.get(metric, metric)} (unitless, log scale)")
-    ax.set_title("weight gap over training (dotted: exponential fit, epochs > 0)", fontsize=9)
+    _apply_x(ax, "optimiser step (log scale)", True)
+    ax.set_ylabel("weight gap (log scale)")
+    ax.set_title("weight gap; dotted: exponential-phase fit over its window", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    if pairs:
-        ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=6)
     if with_alignment:
         ax2 = axes[0, 1]
+        al = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
+              and r.get("layer", "h") == layer]
         for k, (a, b) in enumerate(pairs):
-            rr = [r for r in rows if r["arm_a"] == a and r["arm_b"] == b]
-            _line(ax2, rr, "epoch", "linear_cka", pair_label(a, b), OKABE_ITO[k % len(OKABE_ITO)])
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("linear CKA (unitless)")
+            rr = [r for r in al if r["arm_a"] == a and r["arm_b"] == b]
+            _line(ax2, rr, "step", "linear_cka", pair_label(a, b), OKABE_ITO[k % len(OKABE_ITO)])
+        _baseline_line(ax2, rows, "linear_cka", split, layer)
+        _apply_x(ax2, "optimiser step (log scale)", True)
+        ax2.set_ylabel("linear CKA")
         ax2.set_title(f"representation alignment ({split} split, layer {layer})", fontsize=9)
         ax2.grid(alpha=0.3)
-        if pairs:
-            ax2.legend(fontsize=7)
+        if ax2.get_legend_handles_labels()[1]:
+            ax2.legend(fontsize=6)
     return fig
-
-
-def weight_growth_rates(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap_mean", split: str = "test",
-                        layer: str = "h") -> dict[tuple[str, str], float]:
-    """Fitted exponential growth rate (1/epoch) of the weight gap per arm pair (seed-mean curve)."""
-    rows = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
-            and r.get("layer", "h") == layer]
-    out = {}
-    for a, b in _pairs_of(rows):
-        xs, m, *_ = aggregate([r for r in rows if (r["arm_a"], r["arm_b"]) == (a, b)], "epoch", metric)
-        out[(a, b)] = fit_growth_rate(xs, m)[0]
-    return out
 
 
 # --------------------------------------------------------------------------- losses
@@ -338,11 +413,12 @@ def plot_knn(rows: Iterable[Mapping[str, Any]], metric: str = "knn_acc") -> Figu
     fig, axes = new_figure(1, 1, w=6.0)
     ax = axes[0, 0]
     arms = list(dict.fromkeys(r["arm"] for r in rows))  # first-seen order
+    xk, xlabel, xlog = x_axis(rows)
     for k, arm in enumerate(arms):
-        _line(ax, [r for r in rows if r["arm"] == arm], "epoch", metric, arm, OKABE_ITO[k % 8])
+        _line(ax, [r for r in rows if r["arm"] == arm], xk, metric, arm, OKABE_ITO[k % 8])
     if not rows:
         _no_data(ax, "eval")
-    ax.set_xlabel("epoch")
+    _apply_x(ax, xlabel, xlog)
     ax.set_ylabel(METRIC_LABEL.get(metric, metric))
     ax.set_title("kNN accuracy (features h, test split)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -365,6 +441,7 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
     if not rows:
         _no_data(ax, "theory")
         _no_data(ax2, "theory")
+    xk, xlabel, xlog = x_axis(rows)
     for k, g in enumerate(groups):
         rr = [r for r in rows if g is None or r.get(group_key) == g]
         if not rr:
@@ -372,16 +449,16 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
         col = OKABE_ITO[k % len(OKABE_ITO)]
         tag = f"{group_key}={g}: " if g is not None else ""
         pair = f"{rr[0]['arm_a']} vs {rr[0]['arm_b']}"
-        _line(ax, [r for r in rr if r["sim_gap"] > 0], "epoch", "sim_gap", f"{tag}measured ({pair})", col)
+        _line(ax, [r for r in rr if r["sim_gap"] > 0], xk, "sim_gap", f"{tag}measured ({pair})", col)
         bound = [r for r in rr if _finite(r.get("bound_shape")) and r["bound_shape"] > 0]
-        _line(ax, bound, "epoch", "bound_shape", f"{tag}bound shape (normalised)", col, "--", marker="x")
-        if len(bound) < len([r for r in rr if r["epoch"] > 0]):
+        _line(ax, bound, xk, "bound_shape", f"{tag}bound shape (normalised)", col, "--", marker="x")
+        if len(bound) < len([r for r in rr if r["step"] > 0]):
             ax.text(0.02, 0.02 + 0.06 * k, f"{tag}bound overflows / is ∞ at some epochs",
                     transform=ax.transAxes, fontsize=7, color=col)
-        _line(ax2, rr, "epoch", "linear_cka", f"{tag}measured CKA", col)
-        _line(ax2, rr, "epoch", "cka_lower_bound", f"{tag}(1 − ρ)/(1 + ρ)", col, "--", marker="x")
+        _line(ax2, rr, xk, "linear_cka", f"{tag}measured CKA", col)
+        _line(ax2, rr, xk, "cka_lower_bound", f"{tag}(1 − ρ)/(1 + ρ)", col, "--", marker="x")
     for a in (ax, ax2):
-        _epoch_axis(a, log_epoch)
+        _apply_x(a, xlabel, xlog)
         a.grid(alpha=0.3, which="both")
         if rows:
             a.legend(fontsize=6)
@@ -467,7 +544,4 @@ def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str 
     return fig
 
 
-PLOTTERS: dict[str, Callable[..., Figure]] = {
-    "alignment": plot_alignment, "angles": plot_angles, "weight_gap": plot_weight_gap, "loss_gap": plot_loss_gap,
-    "train_loss": plot_train_loss, "knn": plot_knn, "theory": plot_theory,
-}
+

@@ -116,6 +116,10 @@ def lookup(fig: str, metric: str, split: str = "both", **filters: Any) -> dict[s
     return out
 
 
+DATASET_NAMES = {"cifar100": "CIFAR-100", "tiny_imagenet": "Tiny-ImageNet", "mini_imagenet": "mini-ImageNet",
+                 "imagenet": "ImageNet-1k", "unspecified": "paper"}
+
+
 def format_reference(values: dict[str, float]) -> str:
     """``{"cifar100": 0.77, ...}`` → ``"CIFAR-100 0.77 · Tiny 0.85 · mini 0.55"``."""
     names = {"cifar100": "CIFAR-100", "tiny_imagenet": "Tiny", "mini_imagenet": "mini", "imagenet": "IN-1k",
