@@ -148,14 +148,17 @@ def save_checkpoint(obj: Any, path: str | Path, keep_previous: bool = True) -> P
             f.flush()
             os.fsync(f.fileno())
         fault_point(f"{fault}.written")
+        prev = prev_path(path)
         if keep_previous and path.exists():
-            prev = prev_path(path)
             os.replace(path, prev)
             if _sidecar(path).exists():  # an older version's sidecar travels with its file
                 os.replace(_sidecar(path), _sidecar(prev))
             else:
                 _sidecar(prev).unlink(missing_ok=True)
             fault_point(f"{fault}.rotated")
+        elif keep_previous and _sidecar(path).exists() and prev.exists():
+            # an older version was killed between its two renames: this sidecar is .prev's
+            os.replace(_sidecar(path), _sidecar(prev))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

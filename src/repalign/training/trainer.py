@@ -144,6 +144,65 @@ def _recipe(augment: str, image_size: int) -> str:
     return "simclr_cifar" if image_size < 96 else "simclr_imagenet"
 
 
+def _all_finite(tensors: list[torch.Tensor], true: torch.Tensor) -> torch.Tensor:
+    """Device-side bool: every entry of every tensor is finite (max |x| per tensor in one foreach
+    kernel; unlike a 2-norm it cannot overflow on finite values)."""
+    if not tensors:
+        return true
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
+
+
+class _ArmSnapshot:
+    """A copy of one arm's parameters and optimiser state taken before each tentative update, so a
+    step that turns out non-finite can be undone exactly. Buffers are allocated once and refreshed
+    with device-to-device copies (no host sync); memory: one more copy of the parameters and of the
+    optimiser state per arm."""
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] = []
+        self.keys: list[tuple[int, str]] = []
+        self.saved: list[torch.Tensor] = []
+        self.other: dict[tuple[int, str], Any] = {}
+        self.had_state: set[int] = set()
+
+    def take(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        params = [p.detach() for p in module.parameters()]
+        if len(self.params) != len(params) or any(a.shape != b.shape for a, b in zip(self.params, params)):
+            self.params = [p.clone() for p in params]
+        elif params:
+            torch._foreach_copy_(self.params, params)
+        keys, live, other, had = [], [], {}, set()
+        for i, p in enumerate(module.parameters()):
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            had.add(i)
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    keys.append((i, k))
+                    live.append(v)
+                else:
+                    other[(i, k)] = copy.deepcopy(v)
+        if keys != self.keys or any(a.shape != b.shape or a.device != b.device for a, b in zip(self.saved, live)):
+            self.keys, self.saved = keys, [v.detach().clone() for v in live]
+        elif live:
+            torch._foreach_copy_(self.saved, [v.detach() for v in live])
+        self.other, self.had_state = other, had
+
+    def restore(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        params = list(module.parameters())
+        with torch.no_grad():
+            if params:
+                torch._foreach_copy_([p.detach() for p in params], self.params)
+        for i, p in enumerate(params):
+            if i not in self.had_state:
+                optimizer.state.pop(p, None)
+        for (i, k), v in zip(self.keys, self.saved):
+            optimizer.state[params[i]][k] = v.clone()
+        for (i, k), v in self.other.items():
+            optimizer.state[params[i]][k] = copy.deepcopy(v)
+
+
 class CoupledTrainer:
     """Train all arms of a resolved config in lockstep; write the run directory.
 
@@ -209,6 +268,7 @@ class CoupledTrainer:
         self.epoch = 0
         self.pos_in_epoch = 0
         self._saved_step = -1
+        self._snapshots: dict[str, _ArmSnapshot] = {}  # per arm, for undoing a non-finite step
         self._t0 = time.perf_counter()
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
         self._tb = None
@@ -455,14 +515,16 @@ class CoupledTrainer:
     def train_step(self, batches: Mapping[str, tuple[torch.Tensor, ...]], log: bool = False) -> list[dict[str, Any]]:
         """One optimiser step of every active arm on its stream's batch; returns logged rows.
 
-        Two phases, so that watching for non-finite values costs one device→host transfer per step
-        rather than one per arm: (1) every active arm runs its forward and backward pass and records,
-        on the device, whether its embeddings, logits, loss and gradient norm are finite; (2) after
-        one transfer of all flags and losses (and, under DDP, one all-reduce), the arms whose values
-        are finite take their optimiser step. An arm with a non-finite value takes no step and gets
-        its BN buffers back, so it stays at its last good state; ``train.on_nonfinite`` decides
-        whether it stops alone (``stop_arm``) or the run stops (``stop_run``: no arm takes this
-        step, a checkpoint of the state before it is written, :class:`NonFiniteError` is raised).
+        Watching for non-finite values costs one device→host transfer per step rather than one per
+        arm: (1) every active arm runs its forward and backward pass and records, on the device,
+        whether its embeddings, logits, loss and gradient norm are finite; (2) it takes its optimiser
+        step tentatively — parameters and optimiser state are first copied into a preallocated
+        snapshot (device-to-device) — and records whether its parameters are still finite; (3) one
+        transfer of all flags and losses (one all-reduce under DDP) decides. An arm with any
+        non-finite value gets its parameters, optimiser state and BN buffers back from before the
+        step, so it stays at its last good state, and ``train.on_nonfinite`` decides whether it stops
+        alone (``stop_arm``) or the run stops (``stop_run``: every arm is put back, a checkpoint of
+        the state before this step is written, :class:`NonFiniteError` is raised).
         """
         rows: list[dict[str, Any]] = []
         epoch_f = self.step / self.steps_per_epoch
@@ -487,62 +549,68 @@ class CoupledTrainer:
             clip = s.arm.get("train.grad_clip")
             gnorm = torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip if clip else float("inf"))
             true = torch.ones((), dtype=torch.bool, device=loss.device)
-            finite = torch.stack([
+            checks = [
                 torch.isfinite(z).all(),
                 torch.isfinite(logits).all() if logits is not None else true,
                 torch.isfinite(loss.detach()),
                 # with an fp16 scaler, inf gradients are expected: the scaler skips the step itself
                 torch.isfinite(gnorm.to(loss.device)) if not s.scaler.is_enabled() else true,
-            ])
+                _all_finite([b for b in buffers if b.is_floating_point()], true),  # BN running statistics
+            ]
             pending.append({"s": s, "buffers": buffers, "saved": saved, "loss": loss.detach().float(), "z": z,
-                            "logits": logits, "gnorm": gnorm, "finite": finite, "labels": labels,
+                            "logits": logits, "gnorm": gnorm, "checks": checks, "labels": labels,
                             "dt": time.perf_counter() - t0})
         if not pending:
             return rows
         fault_point("step.forward")
+        for i, p in enumerate(pending):  # tentative updates, undone below where anything is non-finite
+            s = p["s"]
+            t0 = time.perf_counter()
+            snap = self._snapshots.setdefault(s.name, _ArmSnapshot())
+            snap.take(s.module, s.optimizer)
+            s.scaler.step(s.optimizer)
+            p["checks"].append(_all_finite([q.detach() for q in s.module.parameters()], p["checks"][0].new_ones(())))
+            p["snap"] = snap
+            p["dt"] += time.perf_counter() - t0
+            if i == 0:
+                fault_point("step.update")
         # one transfer (one all-reduce under DDP) for every arm: bad counts and losses
-        vec = torch.cat([torch.stack([(~p["finite"]).float() for p in pending]).flatten(),
+        n_checks = len(pending[0]["checks"])
+        vec = torch.cat([torch.stack([(~torch.stack(p["checks"])).float() for p in pending]).flatten(),
                          torch.stack([p["loss"] for p in pending])])
         vals = dist_utils.all_reduce_mean(vec).tolist()
         n = len(pending)
+        what_of = ("embeddings", "logits", "loss", "gradient norm", "BN running statistics", "weights after the update")
         bad: list[tuple[dict[str, Any], str, str]] = []
         for i, p in enumerate(pending):
-            p["loss_val"] = vals[4 * n + i]
-            flags = vals[4 * i: 4 * i + 4]
+            p["loss_val"] = vals[n_checks * n + i]
+            flags = vals[n_checks * i: n_checks * (i + 1)]
             if any(f > 0 for f in flags):
-                what = ("embeddings", "logits", "loss", "gradient norm")[next(j for j, f in enumerate(flags) if f > 0)]
+                what = what_of[next(j for j, f in enumerate(flags) if f > 0)]
                 bad.append((p, what, self._nonfinite_value(p, what)))
         if bad and self.cfg["train"]["on_nonfinite"] == "stop_run":
             for p in pending:  # nobody takes this step: the checkpoint holds the state before it
-                self._undo_forward(p)
+                self._undo_step(p)
             for p, what, value in bad:
                 self._nonfinite(p["s"], what, value)
             self.save()
             where = self.run.ckpt_dir / "last.pt" if self.run is not None else "no run directory"
             raise NonFiniteError(f"{bad[0][0]['s'].stop_reason}; run stopped (train.on_nonfinite=stop_run), "
                                  f"checkpoint of step {self.step}: {where}")
-        bad_ids = {id(p["s"]) for p, _, _ in bad}
         reasons = {id(p["s"]): (what, value) for p, what, value in bad}
-        stepped = 0
         for p in pending:
             s = p["s"]
-            if id(s) in bad_ids:
-                self._undo_forward(p)
+            if id(s) in reasons:
+                self._undo_step(p)
                 self._nonfinite(s, *reasons[id(s)])
                 continue
-            t0 = time.perf_counter()
-            s.scaler.step(s.optimizer)
             s.scaler.update()
             s.scheduler.step()
-            stepped += 1
-            if stepped == 1:
-                fault_point("step.update")
-            dt = p["dt"] + time.perf_counter() - t0
             if log:
                 lr = s.optimizer.param_groups[0]["lr"]
                 rows.append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
                              "objective": s.arm.objective, "loss": p["loss_val"], "lr": lr,
-                             "grad_norm": float(p["gnorm"]), "samples_per_s": self.batch_size / max(dt, 1e-9)})
+                             "grad_norm": float(p["gnorm"]), "samples_per_s": self.batch_size / max(p["dt"], 1e-9)})
                 if s.arm.objective in CL_OBJECTIVES:
                     rows.append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f))
         for r in rows:
@@ -550,11 +618,15 @@ class CoupledTrainer:
         return rows
 
     @staticmethod
-    def _undo_forward(p: Mapping[str, Any]) -> None:
-        """Put an arm back to its state before this step's forward pass (BN buffers, no gradients)."""
+    def _undo_step(p: Mapping[str, Any]) -> None:
+        """Put an arm back to its state before this step: parameters and optimiser state from the
+        snapshot (when the update was taken), BN buffers, no gradients."""
+        s = p["s"]
+        if "snap" in p:
+            p["snap"].restore(s.module, s.optimizer)
         if p["buffers"]:
             torch._foreach_copy_(p["buffers"], p["saved"])
-        p["s"].optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=True)
 
     @staticmethod
     def _nonfinite_value(p: Mapping[str, Any], what: str) -> str:
@@ -562,6 +634,10 @@ class CoupledTrainer:
         if what in ("embeddings", "logits"):
             t = p["z"] if what == "embeddings" else p["logits"]
             return f"{int((~torch.isfinite(t)).sum())} of {t.numel()} entries"
+        if what in ("weights after the update", "BN running statistics"):
+            params = list(p["s"].module.parameters()) if what.startswith("weights") else \
+                [b for b in p["s"].module.buffers() if b.is_floating_point()]
+            return f"{sum(int((~torch.isfinite(q)).sum()) for q in params)} of {sum(q.numel() for q in params)} entries"
         return str(float(p["loss"] if what == "loss" else p["gnorm"]))
 
     def _forward_loss(self, s: ArmState, x: torch.Tensor, labels: torch.Tensor
