@@ -684,3 +684,21 @@ def test_invalid_sweep_point_is_refused_before_any_point_runs(tmp_path, capsys):
     spec.write_text("base: demo\ngrid: {seed: [0, 1]}\nprocesses: two\n")
     assert main(["sweep", str(spec), "--out", str(out)]) == 2
     assert "'processes'" in _one_line(capsys)
+
+
+def test_failed_report_keeps_the_previous_report(tmp_path, monkeypatch, capsys):
+    from repalign.report import html
+
+    run = tmp_path / "run"
+    CoupledTrainer(cfg_of(**{"train.epochs": 1}), run).fit()
+    assert main(["report", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "report").iterdir()}
+
+    def broken(d, out):
+        (Path(out) / "report.html").write_text("<html>half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out) / "x.png"))
+
+    monkeypatch.setattr(html, "run_report", broken)
+    assert main(["report", str(run)]) == 2 and "no space left" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (run / "report").iterdir()} == before
+    assert not list(run.glob(".report*"))
