@@ -182,7 +182,8 @@ class RunLock:
         try:
             if self.created_dir and self._only_skeleton():
                 self.path.unlink(missing_ok=True)
-                (self.run_dir / "checkpoints").rmdir() if (self.run_dir / "checkpoints").is_dir() else None
+                if (self.run_dir / "checkpoints").is_dir():
+                    (self.run_dir / "checkpoints").rmdir()
                 self.run_dir.rmdir()
             else:
                 os.ftruncate(entry.fd, 0)
