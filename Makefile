@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 .PHONY: demo test data install bench clean help
 
 help:
-	@echo "make demo   - coupled CL/NSCL/SCL/CE run on Fashion-MNIST (about 2.5 min on 2 CPU cores)"
+	@echo "make demo   - coupled CL/NSCL/SCL/CE run with chaos- and noise-floor controls on Fashion-MNIST (about 4 min on 2 CPU cores)"
 	@echo "make test   - test suite"
 	@echo "make bench  - benchmarks (writes benchmarks/results/)"
 

@@ -70,7 +70,7 @@ def test_sweep_killed_midway_resumes_to_identical_summary(tmp_path, monkeypatch)
     rows = _read(full.summary)
     assert {"point", "loss.temperature", "kind", "epoch", "arm_a", "arm_b", "linear_cka", "gap"} <= set(rows[0])
     assert {r["loss.temperature"] for r in rows} == {"0.2", "0.5", "1.0"}
-    assert {r["kind"] for r in rows} == {"align", "baseline", "eval", "lossgap"}
+    assert {r["kind"] for r in rows} == {"align", "baseline", "eval", "lossgap", "weight"}  # demo: weight_every
 
     spec_b = tiny_spec(tmp_path / "B")
     victim = sw.expand(spec_b)[1].slug

@@ -46,12 +46,23 @@ def summary_table(run_dir: str | Path) -> str:
     for arm, r in last_train.items():
         lines.append(f"{arm:<12} {r['objective']:<9} {fmt(r['loss']):>8} {fmt(knn.get(arm)):>8}")
     if align:
-        head = f"{'pair':<24} {'epoch':>5} {'CKA':>7} {'RSA':>7} {'w-gap':>7}"
+        head = f"{'pair':<24} {'role':<12} {'epoch':>5} {'CKA':>7} {'rel.':>6} {'RSA':>7} {'w-gap':>7}"
         lines += ["", head, "-" * len(head)]
-        for (a, b), r in align.items():
-            lines.append(f"{a + ' vs ' + b:<24} {r['epoch']:>5} {fmt(r.get('linear_cka')):>7} "
-                         f"{fmt(r.get('rsa')):>7} {fmt(r.get('weight_gap_mean')):>7}")
-        lines.append("(alignment: test split, layer h, last evaluation)")
+        for (a, b), r in sorted(align.items(), key=lambda kv: -(kv[1].get("linear_cka") or 0)):
+            role = {"chaos": "chaos floor", "noise_data": "noise floor", "noise_seed": "noise (seed)"}.get(
+                r.get("control") or "", "objective")
+            lines.append(f"{a + ' vs ' + b:<24} {role:<12} {r['epoch']:>5} {fmt(r.get('linear_cka')):>7} "
+                         f"{fmt(r.get('linear_cka_rel')):>6} {fmt(r.get('rsa')):>7} {fmt(r.get('weight_gap_mean')):>7}")
+        base = [r for r in rows if r["kind"] == "baseline" and r.get("split") == "test" and r.get("layer", "h") == "h"]
+        if base:
+            lines.append(f"{'untrained baseline':<24} {'reference':<12} {'':>5} {fmt(base[-1].get('linear_cka')):>7}")
+        lines.append("(alignment: test split, layer h, last evaluation; rel. = (CKA − untrained)/(1 − untrained))")
+        from repalign.analysis import findings
+
+        fnd = [f for _lab, fs in findings([r for r in rows if r["kind"] in ("align", "baseline")], layers=("h",))
+               for f in fs if f.kind == "margin"]
+        if fnd:
+            lines += ["", "Findings (details and intervals: repalign report RUN_DIR):"] + [f"- {f.text}" for f in fnd]
     gaps = [r for r in rows if r["kind"] == "lossgap"]
     if gaps:
         g = gaps[-1]
