@@ -55,9 +55,9 @@ def sweep_args(**extra: object) -> list[str]:
 
 def cfg_of(**extra: object) -> dict:
     """The config ``repalign train demo <overrides>`` resolves (so CLI runs compare bitwise)."""
-    from repalign.cli import _resolve_config_path
+    from repalign.config import resolve_config_path
 
-    return load_config(_resolve_config_path("demo"), overrides(**extra))
+    return load_config(resolve_config_path("demo"), overrides(**extra))
 
 
 def rows_of(run: Path, events: bool = False) -> list[dict]:
@@ -374,8 +374,9 @@ def test_stop_run_is_one_line_exit_3_and_a_loadable_checkpoint(tmp_path, capsys)
     run = tmp_path / "run"
     rc = main(["train", "demo", *overrides(**{"optim.lr": "1e9", "train.on_nonfinite": "stop_run"}),
                "--run-dir", str(run)])
-    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("repalign: error:")]
-    assert rc == 3 and len(err) == 1 and "stop_run" in err[0] and "last.pt" in err[0]
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("repalign:")]
+    assert rc == 3 and len(err) == 1, err  # one line in all, not one per stopped arm
+    assert err[0].startswith("repalign: error:") and "stop_run" in err[0] and "last.pt" in err[0]
     state = last_state(run)
     event = [r for r in rows_of(run, events=True) if r["kind"] == "event" and r["arm"]]
     assert event and state["step"] == event[0]["step"]  # the state before the bad step
