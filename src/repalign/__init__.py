@@ -7,7 +7,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from repalign.config import ConfigError, load_config, resolve_arms, resolve_pairs, validate  # noqa: E402
-from repalign.seeding import derive_seed  # noqa: E402
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import repalign` light
@@ -24,6 +23,7 @@ def __getattr__(name: str):  # lazy re-exports keep `import repalign` light
         "nscl_loss": ("repalign.losses", "nscl_loss"), "supcon_loss": ("repalign.losses", "supcon_loss"),
         "ce_loss": ("repalign.losses", "ce_loss"), "loss_gap_bound": ("repalign.losses", "loss_gap_bound"),
         "ContrastiveLoss": ("repalign.losses", "ContrastiveLoss"),
+        "derive_seed": ("repalign.seeding", "derive_seed"),
     }
     if name not in lazy:
         raise AttributeError(f"module 'repalign' has no attribute {name!r}")

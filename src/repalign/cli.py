@@ -1,4 +1,4 @@
-"""Command line: ``repalign train CONFIG [key=value ...]``, ``repalign align RUN_DIR``, ...
+"""Command line: repalign train CONFIG [key=value ...], repalign align RUN_DIR, ...
 
 Every error the user can fix prints one line ``repalign: error: ...`` naming the key, file or
 path; exit codes (see :mod:`repalign.errors`): 2 bad input, 3 stopped on non-finite values
@@ -13,20 +13,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from repalign.config import ConfigError, load_config
+from repalign.config import ConfigError, load_config, resolve_config_path
 from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_line
 
+# Kept for callers of the old private name; the resolver lives in repalign.config.
+_resolve_config_path = resolve_config_path
 
-def _resolve_config_path(path: str) -> str:
-    """Accept a path, or the name of a bundled config (``demo`` → configs/demo.yaml)."""
-    p = Path(path)
-    if p.exists():
-        return str(p)
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
-        for cand in (base / path, base / f"{path}.yaml"):
-            if cand.exists():
-                return str(cand)
-    return path
+DESCRIPTION = ("Coupled training of several contrastive objectives under shared randomness, and the "
+               "alignment of their representations. Commands: train, align, sweep, reproduce, report, configs.")
 
 
 def summary_table(run_dir: str | Path) -> str:
@@ -75,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from repalign.training.lock import RunLock
     from repalign.training.rundir import clear_run_dir
 
-    cfg = load_config(_resolve_config_path(args.config), args.overrides)
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     main_rank = os.environ.get("RANK", "0") == "0"
     # One writer per run directory: the lock is taken before anything is looked at or deleted
@@ -117,11 +111,28 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from repalign.config import bundled_configs
+
+    for name, path in bundled_configs().items():
+        first = ""
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                first = line.lstrip("# ").strip()
+                break
+        print(f"{name:<34} {first}" if args.describe else name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="repalign", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train the arms of CONFIG in lockstep")
-    t.add_argument("config", help="YAML config path or bundled name (demo, cifar100_resnet50, ...)")
+    """The argument parser; building it imports neither torch nor matplotlib (``--help`` is instant)."""
+    p = argparse.ArgumentParser(prog="repalign", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="train the arms of CONFIG in lockstep",
+                       description="Train the arms of a config in lockstep (shared initial weights, batches and "
+                                   "views) and write a run directory: config.yaml, meta.json, metrics.jsonl, "
+                                   "checkpoints.")
+    t.add_argument("config", help="YAML config path or bundled name (see 'repalign configs'), e.g. demo")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.temperature=0.1")
     t.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
@@ -131,18 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing run: delete what repalign wrote there (refused if the directory "
                         "holds other files); --overwrite=all deletes everything in it")
     t.set_defaults(func=cmd_train)
-    a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints → alignment.csv")
-    a.add_argument("run_dir")
-    a.add_argument("--max-train", type=int, default=None, help="train evaluation samples (default: as trained)")
-    a.add_argument("--max-test", type=int, default=None)
-    a.add_argument("--layers", nargs="+", default=None, choices=["h", "z"])
-    a.add_argument("--rsa-corr", default=None, choices=["pearson", "spearman"])
+    a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints into alignment.csv",
+                       description="Recompute the alignment metrics of every compared pair at every saved "
+                                   "evaluation checkpoint of a run and write RUN_DIR/alignment.csv (optionally "
+                                   "quality.csv and layer-wise CKA maps).")
+    a.add_argument("run_dir", help="run directory written by 'repalign train'")
+    a.add_argument("--max-train", type=int, default=None,
+                   help="train evaluation samples (default: eval.max_train of the run)")
+    a.add_argument("--max-test", type=int, default=None,
+                   help="test evaluation samples (default: eval.max_test of the run)")
+    a.add_argument("--layers", nargs="+", default=None, choices=["h", "z"],
+                   help="layers to compare: h (encoder output), z (normalised projection); default: eval.layers")
+    a.add_argument("--rsa-corr", default=None, choices=["pearson", "spearman"],
+                   help="correlation of the RSA between dissimilarity matrices (default: eval.rsa_corr)")
     a.add_argument("--quality", action="store_true",
                    help="also write quality.csv: linear probe, few-shot NCC, CDNV per arm and checkpoint")
     a.add_argument("--layerwise", action="store_true",
                    help="also write layerwise_<a>_<b>.csv/.png: block-by-block CKA at the last checkpoint")
     a.set_defaults(func=cmd_align)
-    for extra in ("sweep", "reproduce", "report"):
+    c = sub.add_parser("configs", help="list the bundled configs (names usable in place of a path)",
+                       description="List the configs shipped with repalign; each name works wherever a config "
+                                   "path is expected (repalign train demo, sweep base: demo, load_config('demo')).")
+    c.add_argument("--describe", action="store_true", help="also print the first comment line of each config")
+    c.set_defaults(func=cmd_configs)
+    for extra in ("sweep", "reproduce", "report", "export"):
         try:
             mod = __import__(f"repalign.experiments.cli_{extra}", fromlist=["register"])
         except ImportError:

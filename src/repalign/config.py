@@ -498,11 +498,43 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def bundled_config_dir() -> Path:
+    """The folder of the configs shipped with the package (``repalign/configs``; in a source
+    checkout a link to the repository's ``configs/``)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Bundled config names → files, e.g. ``{"demo": .../configs/demo.yaml, "arms/temperature": ...}``
+    (sweep specs under ``sweeps/`` included; names are paths relative to the folder without ``.yaml``)."""
+    base = bundled_config_dir()
+    if not base.is_dir():
+        return {}
+    return {str(f.relative_to(base).with_suffix("")): f for f in sorted(base.rglob("*.yaml"))}
+
+
+def resolve_config_path(path: str | Path) -> str:
+    """A config path as given if it exists; else a config name looked up in ``./configs`` and then in
+    the bundled configs (``demo`` → ``configs/demo.yaml``, ``arms/temperature`` → ``configs/arms/temperature.yaml``).
+    An unknown name is returned unchanged (the loader then names it)."""
+    p = Path(path)
+    if p.exists():
+        return str(p)
+    for base in (Path.cwd() / "configs", bundled_config_dir()):
+        for cand in (base / p, base / f"{p}.yaml"):
+            if cand.is_file():
+                return str(cand)
+    return str(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Load YAML (or defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    """Load YAML (or defaults when ``path`` is None), apply ``key=value`` overrides, validate.
+
+    ``path`` is a file or the name of a bundled config (``load_config("demo")``; see
+    :func:`bundled_configs`)."""
     cfg: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = Path(resolve_config_path(path))
         loaded = read_yaml_file(p)
         if loaded is None or loaded == {}:  # refuse: it would silently start a default (hours-long) run
             raise ConfigError(f"config file {str(p)!r} is empty: it sets no key (give at least data.source, or "

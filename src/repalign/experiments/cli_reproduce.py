@@ -1,4 +1,4 @@
-"""``repalign reproduce FIG --scale cpu|paper [--out DIR] [--tiny] [--run]``."""
+"""repalign reproduce FIG --scale cpu|paper [--out DIR] [--tiny] [--run]."""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +16,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from repalign.experiments.reproduce import FIGURES
+    from repalign.experiments import FIGURES
 
-    p = sub.add_parser("reproduce", help="build the runs of a paper figure and plot it (PNG + CSV + report.html)")
-    p.add_argument("fig", choices=[*FIGURES, "all"])
+    p = sub.add_parser("reproduce", help="build the runs of a paper figure and plot it (PNG + CSV + report.html)",
+                       description="Run the sweeps behind one of the paper's figures at the chosen scale and write "
+                                   "FIG.png, FIG.csv, reproduce.json and report.html. At paper scale it writes the "
+                                   "sweep specs and prints the torchrun commands with a GPU-hour estimate.")
+    p.add_argument("fig", choices=[*FIGURES, "all"], help="figure to reproduce, or all")
     p.add_argument("--scale", choices=["cpu", "paper", "tiny"], default="cpu",
                    help="cpu: Fashion-MNIST / strokes with small_cnn (minutes); paper: ResNet-50 configs (GPU)")
     p.add_argument("--tiny", action="store_true", help="seconds-long setting (tests)")

@@ -1,4 +1,4 @@
-"""``repalign sweep SPEC [key=[v1,v2] ...]`` — a resumable grid of coupled runs → OUT/summary.csv."""
+"""repalign sweep SPEC [key=[v1,v2] ...]: a resumable grid of coupled runs → OUT/summary.csv."""
 from __future__ import annotations
 
 import argparse

@@ -29,12 +29,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from repalign.config import ConfigError
+from repalign.experiments import FIGURES
 from repalign.experiments.sweep import SweepSpec, expand, load_spec, point_status, read_summary, run_sweep
 from repalign.experiments.theory import THEORY_NOTE, theory_rows
 from repalign.report import plots
 from repalign.report import reference as ref
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "weights", "lossgap")
 SCALES = ("tiny", "cpu", "paper")
 SEEDS = {"tiny": [0, 1], "cpu": [0, 1], "paper": [123]}
 

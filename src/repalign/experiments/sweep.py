@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from repalign.config import ConfigError, dump_config, load_config, parse_override
+from repalign.config import ConfigError, dump_config, load_config, parse_override, resolve_config_path
 from repalign.errors import UserError
 from repalign.training.lock import describe as describe_holder
 from repalign.training.lock import holder as lock_holder
@@ -101,11 +101,9 @@ def parse_grid_arg(text: str) -> tuple[str, Any]:
 
 
 def _resolve_base(base: str, rel_to: Path | None) -> str:
-    from repalign.cli import _resolve_config_path
-
     if rel_to is not None and not Path(base).is_absolute() and (rel_to / base).exists():
         return str((rel_to / base).resolve())
-    p = _resolve_config_path(base)
+    p = resolve_config_path(base)
     return str(Path(p).resolve()) if Path(p).exists() else p
 
 
