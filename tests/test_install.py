@@ -28,7 +28,7 @@ def test_help_is_light_and_fast():
     code = ("import sys, contextlib, io\n"
             "from repalign.cli import build_parser\n"
             "p = build_parser()\n"
-            "for cmd in [[]] + [[c] for c in ('train','align','configs','sweep','reproduce','report')]:\n"
+            "for cmd in [[]] + [[c] for c in ('train','align','configs','sweep','reproduce','report','export')]:\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"
             "        try: p.parse_args(cmd + ['--help'])\n"
             "        except SystemExit: pass\n"
@@ -48,7 +48,7 @@ def test_every_option_documented_in_plain_text():
 
     p = build_parser()
     subs = _subparsers(p)
-    assert {"train", "align", "configs", "sweep", "reproduce", "report"} <= set(subs)
+    assert {"train", "align", "configs", "sweep", "reproduce", "report", "export"} <= set(subs)
     assert "``" not in (p.description or "")
     for name, sp in subs.items():
         assert sp.description and "``" not in sp.description, f"{name}: no plain-text description"

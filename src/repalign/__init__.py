@@ -15,7 +15,8 @@ def __getattr__(name: str):  # lazy re-exports keep `import repalign` light
     lazy = {
         "losses": "repalign.losses", "data": "repalign.data", "models": "repalign.models",
         "training": "repalign.training", "metrics": "repalign.metrics", "evaluation": "repalign.evaluation",
-        "CoupledTrainer": ("repalign.training", "CoupledTrainer"), "train": ("repalign.training", "train"),
+        "CoupledTrainer": ("repalign.training", "CoupledTrainer"), "train": ("repalign.api", "train"),
+        "load_encoder": ("repalign.export", "load_encoder"),
         "build_model": ("repalign.models", "build_model"), "build_source": ("repalign.data", "build_source"),
         "linear_cka": ("repalign.metrics", "linear_cka"), "rsa": ("repalign.metrics", "rsa"),
         "similarity_gap": ("repalign.metrics", "similarity_gap"), "weight_gap": ("repalign.metrics", "weight_gap"),

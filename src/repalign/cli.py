@@ -20,7 +20,7 @@ from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_lin
 _resolve_config_path = resolve_config_path
 
 DESCRIPTION = ("Coupled training of several contrastive objectives under shared randomness, and the "
-               "alignment of their representations. Commands: train, align, sweep, reproduce, report, configs.")
+               "alignment of their representations. Commands: train, align, sweep, reproduce, report, export, configs.")
 
 
 def summary_table(run_dir: str | Path) -> str:

@@ -26,8 +26,15 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line and names the key."""
 
 
-OBJECTIVES = ("cl", "dcl", "ntxent", "nscl", "scl", "supcon", "ce")
 _OPT = object()  # marker: value may be None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OBJECTIVES":  # the registered objective names (repalign.objectives is the one vocabulary)
+        from repalign.objectives import objective_names
+
+        return objective_names()
+    raise AttributeError(f"module 'repalign.config' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,9 @@ SCHEMA: dict[str, Key] = {
     "name": Key(STR, None, nullable=True, doc="run name (default: config file stem)"),
     "out_dir": Key(STR, "runs", doc="parent folder of run directories"),
     # data
-    "data.source": Key(STR, "fashion_mnist", doc="source registered in repalign.data"),
+    "data.source": Key(STR, "fashion_mnist", doc="source registered in repalign.data, an adapter "
+                       "(torchvision:<DatasetClass>, hf:<dataset>) or an import reference package.module:name / "
+                       "path/to/file.py:name of a callable (split, **data.options) → dataset"),
     "data.root": Key(STR, None, nullable=True),
     "data.download": Key(BOOL, False, doc="allow torchvision downloads (never in tests/demo)"),
     "data.num_classes": Key(INT, None, _ge(2), nullable=True, doc="C classes chosen by seed"),
@@ -80,7 +89,10 @@ SCHEMA: dict[str, Key] = {
     "data.num_workers": Key(INT, 0, _ge(0)),
     "data.options": Key(DICT, {}, doc="extra keyword arguments for the source (e.g. strokes knobs)"),
     # model
-    "model.encoder": Key(STR, "small_cnn", _choice("small_cnn", "resnet18", "resnet50", "vit")),
+    "model.encoder": Key(STR, "small_cnn", lambda v: _encoder_check(v),
+                         doc="small_cnn, resnet18, resnet50, vit, an adapter (torchvision:<name>, timm:<name>) or "
+                             "an import reference of a callable (channels, image_size, **model.options) → nn.Module"),
+    "model.options": Key(DICT, {}, doc="keyword arguments for a plug-in encoder"),
     "model.width": Key(INT, None, _ge(1), nullable=True,
                        doc="small_cnn base width (default 16) / resnet50 width multiplier (default 1)"),
     "model.norm": Key(STR, "batch", _choice("batch", "group", "none")),
@@ -104,6 +116,7 @@ SCHEMA: dict[str, Key] = {
     # loss
     "loss.temperature": Key(FLOAT, 0.5, _gt(0)),
     "loss.include_positive": Key(BOOL, False, doc="NSCL: positive also in the denominator"),
+    "loss.options": Key(DICT, {}, doc="keyword arguments for a plug-in objective's loss (per arm: options)"),
     # optimiser + schedule
     "optim.type": Key(STR, "sgd", _choice("sgd", "adamw", "lars")),
     "optim.lr": Key(FLOAT, 0.3, _gt(0), doc="base lr, scaled by lr_rule"),
@@ -135,7 +148,9 @@ SCHEMA: dict[str, Key] = {
     # logging
     "logging.progress": Key(BOOL, True),
     "logging.tensorboard": Key(BOOL, False),
-    "logging.wandb": Key(BOOL, False, doc="W&B in offline mode"),
+    "logging.wandb": Key(BOOL, False, doc="log to Weights & Biases (mode: logging.wandb_mode)"),
+    "logging.wandb_mode": Key(STR, "offline", _choice("offline", "online", "disabled"),
+                              doc="W&B mode; offline (default) writes RUN_DIR/wandb/ for a later `wandb sync`"),
     "logging.wandb_project": Key(STR, "repalign"),
     # arms + pairs
     "arms": Key(DICT, None, nullable=True, doc="arm name → {objective, overrides}"),
@@ -149,7 +164,7 @@ DEFAULT_ARMS: dict[str, dict[str, Any]] = {
 
 #: Per-arm keys: short alias → dotted schema key.
 ARM_KEYS: dict[str, str] = {
-    "temperature": "loss.temperature", "include_positive": "loss.include_positive",
+    "temperature": "loss.temperature", "include_positive": "loss.include_positive", "options": "loss.options",
     "optimizer": "optim.type", "lr": "optim.lr", "lr_rule": "optim.lr_rule",
     "weight_decay": "optim.weight_decay", "momentum": "optim.momentum",
     "trust_coefficient": "optim.trust_coefficient", "exclude_bn_bias": "optim.exclude_bn_bias",
@@ -175,6 +190,20 @@ _REFUSED_WHY = {
     "seed": "it changes every random choice; use init_seed or data_seed for a control arm",
     "model.encoder": "a different encoder shares no weights; use a separate run",
 }
+
+
+#: keys whose mapping values are kept whole (not flattened into dotted keys)
+_WHOLE = ("arms", "data.options", "model.options", "loss.options")
+
+
+def _encoder_check(v: Any) -> str | None:
+    from repalign.plugins import is_reference
+
+    builtin = ("small_cnn", "resnet18", "resnet50", "vit")
+    if v in builtin or is_reference(v):
+        return None
+    return (f"must be one of {', '.join(map(repr, builtin))}, an adapter 'torchvision:<name>' / 'timm:<name>' or an "
+            f"import reference 'package.module:name' / 'path/to/file.py:name', got {v!r}")
 
 
 def _refusal(dotted: str) -> str | None:
@@ -222,7 +251,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and key not in ("arms", "data.options"):
+        if isinstance(v, Mapping) and key not in _WHOLE:
             if not v and key in {s.split(".")[0] for s in SCHEMA if "." in s}:
                 continue
             out.update(flatten(v, key + "."))
@@ -360,11 +389,16 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
             base.pop(k, None)
         spec = {**base, **spec}
         same_as = other
+    from repalign.objectives import get_objective, objective_names
+    from repalign.plugins import normalise_reference
+
     if "objective" not in spec:
-        raise ConfigError(f"config key '{where}.objective': missing (one of {', '.join(OBJECTIVES)})")
+        raise ConfigError(f"config key '{where}.objective': missing (one of {', '.join(objective_names())} or an "
+                          "import reference package.module:name)")
     objective = spec.pop("objective")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"config key '{where}.objective': must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if isinstance(objective, str):
+        objective = normalise_reference(objective)
+    get_objective(objective, f"{where}.objective")  # unknown name / bad reference: one line naming the key
     seeds: dict[str, int | None] = {"init_seed": None, "data_seed": None}
     for s in ("init_seed", "data_seed"):
         if s in spec:
@@ -403,7 +437,7 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
 def _flatten_arm(spec: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in spec.items():
-        if isinstance(v, Mapping):
+        if isinstance(v, Mapping) and k not in ("options", "loss.options"):
             for kk, vv in _flatten_arm(v).items():
                 out[f"{k}.{kk}"] = vv
         else:
@@ -444,14 +478,11 @@ def resolve_pairs(cfg: Mapping[str, Any], arms: list[Arm]) -> list[tuple[str, st
     return pairs
 
 
-def default_config() -> dict[str, Any]:
-    """The schema defaults as a nested dict (``arms`` filled with the paper's four)."""
-    flat = {k: copy.deepcopy(s.default) for k, s in SCHEMA.items()}
-    flat["arms"] = copy.deepcopy(DEFAULT_ARMS)
-    return unflatten(flat)
-
-
 def _source_classes(source: str) -> int | None:
+    from repalign.plugins import is_reference
+
+    if is_reference(source):  # a plug-in source: its classes are known once it is built
+        return None
     try:
         from repalign.data import source_info
     except ImportError:  # pragma: no cover
@@ -474,6 +505,10 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         flat[k] = check_value(k, v)
     if flat["arms"] is None:
         flat["arms"] = copy.deepcopy(DEFAULT_ARMS)
+    from repalign.plugins import normalise_reference
+
+    for k in ("model.encoder", "data.source"):  # file references stored with an absolute path
+        flat[k] = normalise_reference(flat[k])
     sched = flat["eval.schedule"]
     if isinstance(sched, str) and sched not in ("paper", "log"):
         raise ConfigError(f"config key 'eval.schedule': must be 'paper', 'log' or a list of epochs, got {sched!r}")
@@ -492,6 +527,10 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = unflatten(flat)
     arms = resolve_arms(out)
     resolve_pairs(out, arms)
+    for a in arms:  # an objective's file reference is stored with its absolute path
+        spec = out["arms"].get(a.name)
+        if isinstance(spec, dict) and isinstance(spec.get("objective"), str) and spec["objective"] != a.objective:
+            spec["objective"] = a.objective
     for a in arms:
         if a.settings["train.precision"] == "fp16" and flat["train.device"] == "cpu":
             raise ConfigError(f"config key 'arms.{a.name}.precision': fp16 needs a CUDA device (use bf16 on CPU)")

@@ -280,6 +280,15 @@ def build_source(
         max_per_class: keep at most this many samples per class (seeded choice).
         **kw: source specific (``subset``, ``download``, ``image_size``, ``samples_per_class`` ...).
     """
+    from repalign.plugins import is_reference
+
+    if is_reference(name):  # plug-in: import reference or adapter (torchvision:, hf:)
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        from repalign.data.external import build_external_source
+
+        return build_external_source(name, split, root=None if root is None else str(root), num_classes=num_classes,
+                                     classes=classes, seed=seed, max_per_class=max_per_class, **kw)
     entry = _check_name(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

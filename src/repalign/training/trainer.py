@@ -25,9 +25,10 @@ from repalign.config import ConfigError
 from repalign.errors import DataError
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
-from repalign.losses import ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss
+from repalign.losses import dcl_loss, loss_gap_bound, nscl_loss
 from repalign.losses.functional import unchecked_inputs
 from repalign.models import ContrastiveNet, LinearHead, build_model, perturb_weights, seeded_init
+from repalign.objectives import get_objective, make_loss
 from repalign.seeding import derive_seed
 from repalign.training.checkpoint import load_latest, save_checkpoint
 from repalign.training.optim import build_optimizer, scaled_lr
@@ -35,8 +36,6 @@ from repalign.training.lock import RunLock
 from repalign.training.rundir import RunDir
 from repalign.training.schedule import build_scheduler
 
-CL_OBJECTIVES = ("cl", "dcl", "ntxent")
-_LOSS_NAME = {"cl": "dcl", "dcl": "dcl", "ntxent": "ntxent", "nscl": "nscl", "scl": "supcon", "supcon": "supcon"}
 
 
 class NonFiniteError(RuntimeError):
@@ -70,7 +69,7 @@ class ArmState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    loss_fn: ContrastiveLoss | None
+    loss_fn: Callable[..., torch.Tensor] | None
     stream: str
     peak_lr: float
     active: bool = True
@@ -322,7 +321,8 @@ class CoupledTrainer:
                 shared = [k for k in shared if f"{k}" not in perturbed]
                 unshared = unshared + sorted(perturbed)
             head = None
-            if a.objective == "ce":
+            obj = get_objective(a.objective, f"arms.{a.name}.objective")
+            if obj.needs_head:
                 with seeded_init(derive_seed(self.seed, "head")):
                     head = LinearHead(mcfg["projector_out"], self.num_classes)
             module = ArmModule(net, head).to(self.device)
@@ -334,10 +334,7 @@ class CoupledTrainer:
             sched = build_scheduler(opt, self.total_steps, warm, a.get("optim.final_lr_fraction"))
             prec = a.get("train.precision")
             scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
-            loss_fn = None
-            if a.objective != "ce":
-                loss_fn = ContrastiveLoss(_LOSS_NAME[a.objective], a.get("loss.temperature"),
-                                          include_positive=a.get("loss.include_positive"))
+            loss_fn = make_loss(obj, a.settings)
             st = ArmState(a, module, opt, sched, scaler, loss_fn, self._stream_key(a), peak,
                           shared_params=shared, unshared_params=unshared)
             if self.world > 1:
@@ -355,12 +352,19 @@ class CoupledTrainer:
             "image_size": self.image_size, "channels": self.channels,
             "streams": {k: {"seed": v["seed"]} for k, v in self.streams.items()},
             "pairs": [list(p) for p in self.pairs],
-            "arms": {s.name: {**s.arm.to_dict(), "peak_lr": s.peak_lr, "stream": s.stream,
+            "arms": {s.name: {**s.arm.to_dict(), **self._objective_meta(s.arm), "peak_lr": s.peak_lr, "stream": s.stream,
                               "shares_all_initial_weights": not s.unshared_params,
                               "unshared_params": s.unshared_params,
                               "num_params": sum(p.numel() for p in s.module.parameters())}
                      for s in self.arm_states},
         }
+
+    @staticmethod
+    def _objective_meta(arm: Arm) -> dict[str, Any]:
+        """The objective's display name (a plug-in's own name) and, for a plug-in, its reference."""
+        obj = get_objective(arm.objective, f"arms.{arm.name}.objective")
+        return {"objective": obj.name, "objective_reference": obj.reference, "needs_labels": obj.needs_labels,
+                "needs_head": obj.needs_head}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -609,9 +613,9 @@ class CoupledTrainer:
             if log:
                 lr = s.optimizer.param_groups[0]["lr"]
                 rows.append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
-                             "objective": s.arm.objective, "loss": p["loss_val"], "lr": lr,
+                             "objective": get_objective(s.arm.objective).name, "loss": p["loss_val"], "lr": lr,
                              "grad_norm": float(p["gnorm"]), "samples_per_s": self.batch_size / max(p["dt"], 1e-9)})
-                if s.arm.objective in CL_OBJECTIVES:
+                if get_objective(s.arm.objective).loss_gap:
                     rows.append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f))
         for r in rows:
             self._log(r)
@@ -654,11 +658,11 @@ class CoupledTrainer:
         k = self.num_views
         z = z.float().reshape(k, -1, z.shape[-1])
         with unchecked_inputs():
-            if logits is not None:
+            assert s.loss_fn is not None
+            if logits is not None:  # an objective with a classifier head gets the logits [K, B, C]
                 logits = logits.float().reshape(k, -1, logits.shape[-1])
-                loss = ce_loss(logits, labels)
+                loss = s.loss_fn(logits, labels)
             else:
-                assert s.loss_fn is not None
                 loss = s.loss_fn(z, labels)
         return loss, z, logits
 
@@ -728,7 +732,7 @@ class CoupledTrainer:
                 import wandb
             except ImportError as e:
                 raise ValueError("config key 'logging.wandb': install the extra `pip install repalign[wandb]`") from e
-            self._wandb = wandb.init(project=lg["wandb_project"], dir=str(self.run.path), mode="offline",
+            self._wandb = wandb.init(project=lg["wandb_project"], dir=str(self.run.path), mode=lg["wandb_mode"],
                                      config=self.cfg, name=self.cfg.get("name"))
 
     def _close_loggers(self) -> None:
