@@ -599,7 +599,8 @@ class CoupledTrainer:
                 self._nonfinite(p["s"], what, value)
             self.save()
             where = self.run.ckpt_dir / "last.pt" if self.run is not None else "no run directory"
-            raise NonFiniteError(f"{bad[0][0]['s'].stop_reason}; run stopped (train.on_nonfinite=stop_run), "
+            others = f" (and {len(bad) - 1} more arm(s); see the event rows)" if len(bad) > 1 else ""
+            raise NonFiniteError(f"{bad[0][0]['s'].stop_reason}{others}; run stopped (train.on_nonfinite=stop_run), "
                                  f"checkpoint of step {self.step}: {where}")
         reasons = {id(p["s"]): (what, value) for p, what, value in bad}
         for p in pending:
@@ -678,12 +679,13 @@ class CoupledTrainer:
                 "nscl": nscl, "gap": dcl - nscl, "bound": bound}
 
     def _nonfinite(self, s: ArmState, what: str, value: str) -> None:
-        """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event."""
+        """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event.
+        Under ``stop_run`` nothing is printed here: the run ends with one error line of its own."""
         msg = (f"arm {s.name!r} (objective {s.arm.objective}) stopped at step {self.step}: "
                f"non-finite {what} ({value}); its last good weights are kept")
         s.active = False
         s.stop_reason = msg
-        if self.is_main:
+        if self.is_main and self.cfg["train"]["on_nonfinite"] != "stop_run":
             print(f"repalign: {msg}", file=sys.stderr)
         self._log({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
 
