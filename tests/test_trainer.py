@@ -195,7 +195,7 @@ def test_run_directory_contents(tiny_cfg, tmp_path):
 def test_align_command_reproduces_training_rows(tiny_cfg, tmp_path):
     import csv
 
-    from repalign.training.evaluate import align_run
+    from repalign.training.align import align_run
 
     cfg = tiny_cfg(**{"train.epochs": 2, "eval.every": 1})
     CoupledTrainer(cfg, tmp_path / "run").fit()

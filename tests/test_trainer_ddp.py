@@ -36,9 +36,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
         tr = CoupledTrainer(_cfg(), None, evaluator=None)
         losses = []
-        orig = tr._log
-        tr._log = lambda row: (losses.append((row["kind"], row["step"], row.get("arm"), row.get("loss"), row.get("gap")))
-                               , orig(row))
+        orig = tr.log_row
+        tr.log_row = lambda row: (losses.append((row["kind"], row["step"], row.get("arm"), row.get("loss"), row.get("gap"))),
+                                  orig(row))
         tr.fit(stop_after=STEPS)
         if rank == 0:
             torch.save({"state": {s.name: s.module.state_dict() for s in tr.arm_states}, "rows": losses}, out)
@@ -60,9 +60,9 @@ def test_ddp_matches_single_process(tmp_path):
     ddp = torch.load(out, weights_only=True)
     single = CoupledTrainer(_cfg(), None, evaluator=None)
     rows = []
-    orig = single._log
-    single._log = lambda row: (rows.append((row["kind"], row["step"], row.get("arm"), row.get("loss"), row.get("gap"))),
-                               orig(row))
+    orig = single.log_row
+    single.log_row = lambda row: (rows.append((row["kind"], row["step"], row.get("arm"), row.get("loss"), row.get("gap"))),
+                                  orig(row))
     single.fit(stop_after=STEPS)
     assert len(rows) == len(ddp["rows"]) > 0
     for a, b in zip(rows, ddp["rows"]):

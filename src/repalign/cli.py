@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from repalign.training.evaluate import align_run
+    from repalign.training.align import align_run
     from repalign.training.lock import RunLock
 
     if not (Path(args.run_dir) / "config.yaml").is_file():

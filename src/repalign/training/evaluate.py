@@ -9,10 +9,7 @@ angles; per arm kNN accuracy. The same function, :func:`alignment_rows`, serves 
 from __future__ import annotations
 
 import copy
-import csv
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -318,9 +315,13 @@ def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) ->
 
 
 class Evaluator:
-    """The in-training evaluator: ``evaluator(trainer, epoch)`` appends rows to ``metrics.jsonl``."""
+    """The in-training evaluator: ``evaluator(trainer, epoch)`` computes the ``align``/``baseline``/
+    ``eval`` rows of the trainer's arms and hands each to ``log`` (the trainer's
+    :meth:`~repalign.training.trainer.CoupledTrainer.log_row`, which appends it to ``metrics.jsonl``
+    and the TensorBoard/W&B loggers). The trainer is only read, never imported here."""
 
-    def __init__(self, trainer: "CoupledTrainer") -> None:
+    def __init__(self, trainer: "CoupledTrainer", log: Callable[[Mapping[str, Any]], None]) -> None:
+        self.log = log
         self.loaders = make_eval_loaders(trainer.cfg, trainer.train_source, trainer.test_source,
                                          trainer.image_size, trainer.channels)
         # Built before any training or resume, the nets hold the (deterministic) initial weights.
@@ -336,7 +337,7 @@ class Evaluator:
         for row in alignment_rows(nets, init, trainer.pairs, self.loaders, trainer.cfg, epoch, trainer.step,
                                   trainer.device, arms={s.name: s.arm for s in trainer.arm_states},
                                   baseline=self.baseline):
-            trainer._log(row)
+            self.log(row)
 
 
 ALIGN_FIELDS = ["kind", "baseline", "epoch", "step", "split", "layer", "arm_a", "arm_b", "control", "linear_cka",
@@ -345,116 +346,3 @@ ALIGN_FIELDS = ["kind", "baseline", "epoch", "step", "split", "layer", "arm_a", 
                 "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "sim_gap_centred_rel",
                 "repr_angle_deg", "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg",
                 "displacement_angle_deg"]
-
-
-def model_checkpoints(ckpt_dir: Path, steps_per_epoch: int) -> list[Path]:
-    """The evaluation checkpoints of a run (``epoch_XXXX.pt`` and mid-epoch ``step_XXXXXXXX.pt``),
-    in step order."""
-    paths = list(ckpt_dir.glob("epoch_*.pt")) + list(ckpt_dir.glob("step_*.pt"))
-
-    def step_of(p: Path) -> int:
-        kind, num = p.stem.split("_", 1)
-        return int(num) * steps_per_epoch if kind == "epoch" else int(num)
-
-    return sorted(paths, key=step_of)
-
-
-def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
-              layers: list[str] | None = None, rsa_corr: str | None = None, quality: bool = False,
-              layerwise: bool = False) -> Path:
-    """Recompute alignment rows from every ``checkpoints/epoch_XXXX.pt`` of a run → ``alignment.csv``.
-
-    Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA);
-    ``quality=True`` also writes ``quality.csv`` (per arm and checkpoint: kNN, linear probe, few-shot,
-    CDNV, directional CDNV); ``layerwise=True`` writes, for the last checkpoint and every arm pair,
-    the block-by-block linear CKA matrix on the test evaluation set (``layerwise_<a>_<b>.csv`` + ``.png``).
-    """
-    from repalign.config import load_config
-    from repalign.training.checkpoint import load_checkpoint
-    from repalign.training.rundir import RunDir
-    from repalign.training.trainer import CoupledTrainer
-
-    run = RunDir(run_dir, write=False)
-    overrides = [f"eval.max_train={max_train}"] if max_train else []
-    overrides += [f"eval.max_test={max_test}"] if max_test else []
-    overrides += [f"eval.layers=[{','.join(layers)}]"] if layers else []
-    overrides += [f"eval.rsa_corr={rsa_corr}"] if rsa_corr else []
-    cfg = load_config(run.path / "config.yaml", overrides)
-    trainer = CoupledTrainer(cfg, None, evaluator=None)
-    ckpts = model_checkpoints(run.ckpt_dir, trainer.steps_per_epoch)
-    if not ckpts:
-        raise ValueError(f"{run.ckpt_dir} holds no epoch_XXXX.pt / step_XXXXXXXX.pt checkpoints (was evaluation enabled?)")
-    baseline = UntrainedBaseline(cfg, trainer.channels, trainer.image_size) if cfg["eval"]["untrained_baseline"] else None
-    arms = {s.name: s.arm for s in trainer.arm_states}
-    loaders = make_eval_loaders(cfg, trainer.train_source, trainer.test_source, trainer.image_size,
-                                trainer.channels)
-    # A freshly built trainer holds the run's (deterministic) initial weights, as the Evaluator does.
-    init_of = {s.name: (copy.deepcopy(s.module.net.state_dict()) if s.arm.init_seed is None else None)
-               for s in trainer.arm_states}
-    out = run.path / "alignment.csv"
-    quality_rows: list[dict[str, Any]] = []
-    align_rows: list[dict[str, Any]] = []
-    for path in ckpts:
-        state = load_checkpoint(path)
-        for s in trainer.arm_states:
-            s.module.load_state_dict(state["arms"][s.name])
-        nets = {s.name: s.module.net for s in trainer.arm_states}
-        for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
-                                  trainer.device, quality=quality, arms=arms, baseline=baseline):
-            (quality_rows if row["kind"] == "eval" else align_rows).append(row)
-    align_rows = [r for r in align_rows if r["kind"] != "event"]
-    # written under a temp name and renamed: a failure leaves the previous file (or none)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(align_rows)
-    os.replace(tmp, out)
-    if layerwise:  # the trainer's modules now hold the last checkpoint's weights
-        nets = {s.name: s.module.net for s in trainer.arm_states}
-        for a, b in trainer.pairs:
-            write_layerwise(nets[a], nets[b], loaders["test"], run.path / f"layerwise_{a}_{b}", (a, b))
-    if quality:
-        fields = list(dict.fromkeys(k for r in quality_rows for k in r if k != "kind"))
-        tmp = run.path / f".quality.csv.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows([{k: v for k, v in r.items() if k != "kind"} for r in quality_rows])
-        os.replace(tmp, run.path / "quality.csv")
-    return out
-
-
-def write_layerwise(net_a: nn.Module, net_b: nn.Module, loader: Any, stem: Path,
-                    names: tuple[str, str]) -> Path:
-    """Layer-wise linear CKA between every block of two nets → ``stem.csv`` and a heatmap ``stem.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from repalign.metrics import layerwise_cka
-
-    res = layerwise_cka(net_a, net_b, loader)
-    m = res["matrix"].double()
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([f"{names[0]} \\ {names[1]}", *res["names_b"]])
-        for name, row in zip(res["names_a"], m.tolist()):
-            w.writerow([name, *[f"{v:.6f}" for v in row]])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 1.0 + 0.6 * m.shape[0]))
-    im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis", origin="lower")
-    ax.set_xticks(range(m.shape[1]), res["names_b"], rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(m.shape[0]), res["names_a"], fontsize=7)
-    ax.set_xlabel(f"{names[1]} blocks")
-    ax.set_ylabel(f"{names[0]} blocks")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if m[i, j] < 0.6 else "black")
-    fig.colorbar(im, ax=ax, label="linear CKA (unitless)")
-    ax.set_title(f"layer-wise CKA: {names[0]} vs {names[1]} (test split)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=120)
-    plt.close(fig)
-    return stem.with_suffix(".csv")

@@ -270,8 +270,7 @@ class CoupledTrainer:
         self._snapshots: dict[str, _ArmSnapshot] = {}  # per arm, for undoing a non-finite step
         self._t0 = time.perf_counter()
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
-        self._tb = None
-        self._wandb = None
+        self._loggers: Any = None  # training.loggers.MetricLoggers while fit() runs
         # The run directory is locked and written only once data and models are built, so a
         # failed start leaves nothing behind; its lock is released at the end of fit() (or close()).
         self.run = RunDir(run_dir, write=self.is_main) if run_dir is not None else None
@@ -439,7 +438,7 @@ class CoupledTrainer:
 
     def _default_evaluator(self) -> Callable[["CoupledTrainer", int], None] | None:
         from repalign.training.evaluate import Evaluator
-        return Evaluator(self) if self._eval_steps() else None
+        return Evaluator(self, log=self.log_row) if self._eval_steps() else None
 
     def _evaluate(self) -> None:
         """Evaluation after ``self.step`` steps: save every arm's weights, then log align/eval rows.
@@ -457,7 +456,7 @@ class CoupledTrainer:
             return
         nets = {s.name: s.module.net for s in self.arm_states}
         for row in weight_rows(nets, self.pairs, epoch_of(self.step, self.steps_per_epoch), self.step):
-            self._log(row)
+            self.log_row(row)
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict.
@@ -473,15 +472,16 @@ class CoupledTrainer:
         weight_every = self.cfg["eval"].get("weight_every")
         t_start = time.perf_counter()
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        if self.step == 0:
-            if weight_every:
-                self._log_weight_gaps()
-            if self.evaluator is not None and 0 in eval_at:
-                self._evaluate()
         self._hold_lock()
-        bar = self._progress()
-        self._open_loggers()
+        bar = None
         try:
+            self._open_loggers()  # before the step-0 rows, so TensorBoard/W&B get them too
+            if self.step == 0:
+                if weight_every:
+                    self._log_weight_gaps()
+                if self.evaluator is not None and 0 in eval_at:
+                    self._evaluate()
+            bar = self._progress()
             while self.step < end and any(s.active for s in self.arm_states):
                 iters = {k: self._batches(v, self.epoch, self.pos_in_epoch) for k, v in self.streams.items()}
                 while self.pos_in_epoch < self.steps_per_epoch and self.step < end:
@@ -619,7 +619,7 @@ class CoupledTrainer:
                 if get_objective(s.arm.objective).loss_gap:
                     rows.append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f))
         for r in rows:
-            self._log(r)
+            self.log_row(r)
         return rows
 
     @staticmethod
@@ -687,7 +687,7 @@ class CoupledTrainer:
         s.stop_reason = msg
         if self.is_main and self.cfg["train"]["on_nonfinite"] != "stop_run":
             print(f"repalign: {msg}", file=sys.stderr)
-        self._log({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
+        self.log_row({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
 
     def close(self) -> None:
         """Release the run directory's lock (:meth:`fit` does this when it ends; idempotent)."""
@@ -699,18 +699,14 @@ class CoupledTrainer:
             self.run.lock = RunLock(self.run.path).acquire()
 
     # ------------------------------------------------------------------ logging
-    def _log(self, row: Mapping[str, Any]) -> None:
-        row = {**row, "wall_s": round(time.perf_counter() - self._t0, 3)}  # seconds since this process started
+    def log_row(self, row: Mapping[str, Any]) -> None:
+        """Append one row to ``metrics.jsonl`` (with ``wall_s``, seconds since this process started)
+        and send its metric values to the TensorBoard/W&B loggers when they are open."""
+        row = {**row, "wall_s": round(time.perf_counter() - self._t0, 3)}
         if self.run is not None:
             self.run.log(row)
-        if self._tb is not None and row.get("kind") in ("train", "lossgap", "align", "eval"):
-            tag = row.get("arm") or f"{row.get('arm_a')}_vs_{row.get('arm_b')}_{row.get('split', '')}"
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self._tb.add_scalar(f"{row['kind']}/{tag}/{k}", v, row.get("step", 0))
-        if self._wandb is not None and row.get("kind") in ("train", "lossgap", "align", "eval"):
-            self._wandb.log({f"{row['kind']}/{row.get('arm') or row.get('arm_b')}/{k}": v
-                             for k, v in row.items() if isinstance(v, (int, float))}, step=row.get("step", 0))
+        if self._loggers is not None:
+            self._loggers.log(row)
 
     def _progress(self):
         if not (self.is_main and self.cfg["logging"]["progress"]):
@@ -720,27 +716,12 @@ class CoupledTrainer:
                     file=sys.stderr)
 
     def _open_loggers(self) -> None:
-        lg = self.cfg["logging"]
-        if not self.is_main or self.run is None:
-            return
-        if lg["tensorboard"]:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError("config key 'logging.tensorboard': install the extra `pip install repalign[tensorboard]`") from e
-            self._tb = SummaryWriter(str(self.run.path / "tensorboard"))
-        if lg["wandb"]:
-            try:
-                import wandb
-            except ImportError as e:
-                raise ValueError("config key 'logging.wandb': install the extra `pip install repalign[wandb]`") from e
-            self._wandb = wandb.init(project=lg["wandb_project"], dir=str(self.run.path), mode=lg["wandb_mode"],
-                                     config=self.cfg, name=self.cfg.get("name"))
+        if self.is_main and self.run is not None and self._loggers is None and \
+                (self.cfg["logging"]["tensorboard"] or self.cfg["logging"]["wandb"]):
+            from repalign.training.loggers import MetricLoggers
+            self._loggers = MetricLoggers(self.cfg, self.run.path)
 
     def _close_loggers(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
+        if self._loggers is not None:
+            self._loggers.close()
+            self._loggers = None
