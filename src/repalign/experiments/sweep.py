@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import product as iproduct
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -95,11 +95,6 @@ def _plain(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", v) is not None
 
 
-def parse_grid_arg(text: str) -> tuple[str, Any]:
-    """``"data.num_classes=[5,10]"`` → ``("data.num_classes", [5, 10])`` (non-lists are returned as is)."""
-    return parse_override(text)
-
-
 def _resolve_base(base: str, rel_to: Path | None) -> str:
     if rel_to is not None and not Path(base).is_absolute() and (rel_to / base).exists():
         return str((rel_to / base).resolve())
@@ -131,7 +126,7 @@ def load_spec(spec: str | Path | Mapping[str, Any] | None = None, grid_args: Seq
     grid = dict(raw.get("grid") or {})
     overrides = list(raw.get("overrides") or [])
     for a in grid_args:
-        k, v = parse_grid_arg(a)
+        k, v = parse_override(a)
         if isinstance(v, list):
             grid[k] = v
         else:
@@ -445,7 +440,6 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
         with ThreadPoolExecutor(spec.processes) as ex:
             for slug in ex.map(one, todo):
                 ran.append(slug)
-        write_state(spec, points, out)
     write_state(spec, points, out)
     summary = write_summary(out, points, list(spec.grid))
     return SweepResult(out, summary, ran, skipped, resumed, submitted, busy_points)
@@ -569,11 +563,3 @@ def _parse_cell(v: str) -> Any:
     if v in ("True", "False"):
         return v == "True"
     return v
-
-
-def point_rows(out: str | Path, slug: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    from repalign.training.rundir import read_metrics
-
-    p = Path(out) / "points" / slug / "metrics.jsonl"
-    ks = set(kinds) if kinds else None
-    return [r for r in read_metrics(p) if ks is None or r.get("kind") in ks]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -33,19 +33,6 @@ METRIC_LABEL = {
     "repr_angle_deg": "representation angle (degrees)", "displacement_angle_deg": "displacement angle (degrees)",
     "knn_acc": "kNN test accuracy (fraction)", "loss": "training loss (nats)",
 }
-_ARM_COLOURS: dict[str, str] = {}
-
-
-def colour(key: Any, order: Sequence[Any] | None = None) -> str:
-    """A stable palette colour for a curve key (by position in ``order`` when given)."""
-    if order is not None and key in order:
-        return OKABE_ITO[list(order).index(key) % len(OKABE_ITO)]
-    k = str(key)
-    if k not in _ARM_COLOURS:
-        _ARM_COLOURS[k] = OKABE_ITO[len(_ARM_COLOURS) % len(OKABE_ITO)]
-    return _ARM_COLOURS[k]
-
-
 def pair_label(a: str, b: str) -> str:
     return f"{a} vs {b}"
 
