@@ -72,6 +72,7 @@ def _worker(rank, world, port, out_dir):
         except ValueError as e:
             results["mismatch_error"] = str(e)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still has a collective in flight
     finally:
         dist.destroy_process_group()
 
@@ -86,18 +87,27 @@ def _free_port():
 def ddp_results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("ddp")
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 90
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("DDP workers did not finish within 90 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+    # A gloo worker very rarely aborts in process-group set-up or teardown on a loaded machine (the
+    # port from _free_port can be taken in between); one retry on a fresh port and folder keeps the
+    # exact comparisons below while not failing CI on that infrastructure race.
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("ddp")
+        ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + 90
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    pytest.fail("DDP workers did not finish within 90 s")
+            break
+        except mp.ProcessExitedException:
+            if attempt == 1:
+                raise
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(5)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -42,6 +42,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         tr.fit(stop_after=STEPS)
         if rank == 0:
             torch.save({"state": {s.name: s.module.state_dict() for s in tr.arm_states}, "rows": losses}, out)
+        dist.barrier()  # no rank tears gloo down while another still has a collective in flight
     finally:
         dist.destroy_process_group()
 
