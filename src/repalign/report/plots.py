@@ -91,9 +91,8 @@ def x_axis(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str, bool]:
     fractional = any(_finite(r.get("epoch")) and float(r["epoch"]) != int(float(r["epoch"])) for r in rows)
     if not fractional:
         return "epoch", "epoch", False
-    spe = sorted({round(float(r["step"]) / float(r["epoch"])) for r in rows
-                  if _finite(r.get("epoch")) and float(r["epoch"]) >= 1 and _finite(r.get("step"))})
-    extra = f"; 1 epoch = {spe[0]} steps" if len(spe) == 1 else ""
+    spe = _steps_per_epoch(rows)
+    extra = f"; 1 epoch = {spe} steps" if spe is not None else ""
     return "step", f"optimiser step (log scale{extra})", True
 
 
@@ -245,6 +244,7 @@ def weight_series(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap_m
 
 
 def _steps_per_epoch(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """Steps per epoch implied by rows with both ``step`` and ``epoch ≥ 1`` (``None`` if ambiguous)."""
     spe = sorted({round(float(r["step"]) / float(r["epoch"])) for r in rows
                   if _finite(r.get("epoch")) and float(r["epoch"]) >= 1 and _finite(r.get("step"))})
     return int(spe[0]) if len(spe) == 1 else None
