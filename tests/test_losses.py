@@ -203,7 +203,7 @@ def test_module_without_distributed_equals_functional():
         for ip in [False, True]:
             m = ContrastiveLoss(obj, 0.2, include_positive=ip)
             assert torch.equal(m(z, labels), contrastive_loss(obj, z, labels, 0.2, include_positive=ip))
-    assert ContrastiveLoss("cl", 0.1, gather=False).gather_distributed is False
+    assert ContrastiveLoss("cl", 0.1, gather_distributed=False).gather_distributed is False
 
 
 # ----------------------------------------------------------------------------- numerics

@@ -48,8 +48,7 @@ class ContrastiveLoss(nn.Module):
         temperature: τ > 0.
         include_positive: keep the positive in the denominator (affects "dcl"/"nscl" only).
         gather_distributed: under ``torch.distributed`` with world size > 1, use the negatives of
-            all ranks (see the module docstring for the exact loss scaling). ``gather`` is accepted
-            as a keyword alias (the name used in ``docs/design.md``).
+            all ranks (see the module docstring for the exact loss scaling).
     """
 
     def __init__(
@@ -58,16 +57,12 @@ class ContrastiveLoss(nn.Module):
         temperature: float,
         include_positive: bool = False,
         gather_distributed: bool = True,
-        *,
-        gather: Optional[bool] = None,
     ) -> None:
         super().__init__()
         self.objective = canonical_objective(objective)
         self.temperature = _check_temperature(temperature)
         if not isinstance(include_positive, bool):
             raise ValueError(f"include_positive must be a bool, got {include_positive!r}")
-        if gather is not None:
-            gather_distributed = gather
         if not isinstance(gather_distributed, bool):
             raise ValueError(f"gather_distributed must be a bool, got {gather_distributed!r}")
         self.include_positive = include_positive
