@@ -66,10 +66,11 @@ def test_reproduce_tiny(fig, tmp_path, capsys):
         assert "95 % CI" in html
     if fig != "fig1":
         return
-    # re-running reuses every finished run (nothing trains) and writes the same CSV
+    # re-running reuses every finished run (nothing trains) and writes the same CSV; --quick is --tiny's name
+    # for smoke use, so it resolves to the same runs
     before = (out / f"{fig}.csv").read_text()
     capsys.readouterr()
-    assert main(["reproduce", fig, "--tiny", "--out", str(out)]) == 0
+    assert main(["reproduce", fig, "--quick", "--out", str(out)]) == 0
     assert "0 to run" in capsys.readouterr().out
     assert (out / f"{fig}.csv").read_text() == before
 

@@ -1,4 +1,4 @@
-"""repalign reproduce FIG --scale cpu|paper [--out DIR] [--tiny] [--run]."""
+"""repalign reproduce FIG --scale cpu|paper [--out DIR] [--quick|--tiny] [--run]."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fig", choices=[*FIGURES, "all"], help="figure to reproduce, or all")
     p.add_argument("--scale", choices=["cpu", "paper", "tiny"], default="cpu",
                    help="cpu: Fashion-MNIST / strokes with small_cnn (minutes); paper: ResNet-50 configs (GPU)")
-    p.add_argument("--tiny", action="store_true", help="seconds-long setting (tests)")
+    p.add_argument("--quick", "--tiny", dest="tiny", action="store_true",
+                   help="smoke test: the seconds-long 'tiny' scale (2 seeds, tiny data and model); checks the pipeline, "
+                        "decides nothing")
     p.add_argument("--out", help="output folder (default runs/reproduce/FIG-SCALE)")
     p.add_argument("--processes", type=int, default=1, help="local processes for the sweeps")
     p.add_argument("--run", action="store_true", help="--scale paper: actually train here instead of printing commands")
