@@ -69,7 +69,7 @@ def t(a):
 def blas_threshold(request, monkeypatch):
     """Exercise both accumulation back-ends (scipy dsyrk/dgemm and torch matmul) on small inputs."""
     import importlib
-    monkeypatch.setattr(importlib.import_module("repalign.metrics.cka"), "_BLAS_MIN_DIM", request.param)
+    monkeypatch.setattr(importlib.import_module("repalign.metrics.moments"), "_BLAS_MIN_DIM", request.param)
     return request.param
 
 

@@ -52,7 +52,7 @@ def naive_angle(X, Y, centred=True):
 @pytest.fixture(params=[0, 10**9], ids=["scipy-blas", "torch-mm"])
 def blas_threshold(request, monkeypatch):
     import importlib
-    monkeypatch.setattr(importlib.import_module("repalign.metrics.cka"), "_BLAS_MIN_DIM", request.param)
+    monkeypatch.setattr(importlib.import_module("repalign.metrics.moments"), "_BLAS_MIN_DIM", request.param)
     return request.param
 
 

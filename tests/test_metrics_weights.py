@@ -161,7 +161,7 @@ def test_layerwise_self_is_diagonal_one(loader):
 @pytest.mark.parametrize("blas_min_dim", [0, 10**9])
 def test_layerwise_exact_equals_linear_cka(loader, blas_min_dim, monkeypatch):
     import importlib
-    monkeypatch.setattr(importlib.import_module("repalign.metrics.cka"), "_BLAS_MIN_DIM", blas_min_dim)
+    monkeypatch.setattr(importlib.import_module("repalign.metrics.moments"), "_BLAS_MIN_DIM", blas_min_dim)
     torch.manual_seed(1)
     a, b = Tiny(), Tiny()
     for pool in ("avg", "flatten"):

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ._validate import check_positive_int
-from .cka import (_F64, _Cross, _Side, _cka_from_stats, _cross_stats, _ratio, _side_stats, gram_linear,
-                  unbiased_hsic)
+from .cka import cka_from_stats, gram_linear, unbiased_hsic
+from .moments import F64, CrossMoments, SideMoments, ratio
 
 __all__ = ["layerwise_cka", "resolve_blocks", "POOLS", "ESTIMATORS"]
 
@@ -183,20 +183,20 @@ def layerwise_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
     if state["batches"] == 0:
         raise ValueError("loader yielded no usable batch (minibatch estimator needs ≥ 4 samples per batch)"
                          if state["skipped"] else "loader yielded no batches")
-    M = torch.zeros(na, nb, dtype=_F64)
+    M = torch.zeros(na, nb, dtype=F64)
     if estimator == "exact":
         if state["n"] < (4 if debiased else 2):
             raise ValueError(f"layerwise_cka needs at least {4 if debiased else 2} samples, got {state['n']}")
-        sa = [_side_stats(m, False) for m in state["ma"]]
-        sb = [_side_stats(m, False) for m in state["mb"]]
+        sa = [m.stats(False) for m in state["ma"]]
+        sb = [m.stats(False) for m in state["mb"]]
         for i in range(na):
             for j in range(nb):
-                xy = _cross_stats(sa[i], sb[j], state["cr"][i][j], False, i, j)
-                M[i, j] = _cka_from_stats(sa[i], sb[j], xy, debiased)
+                xy = state["cr"][i][j].stats(sa[i], sb[j], False, i, j)
+                M[i, j] = cka_from_stats(sa[i], sb[j], xy, debiased)
     else:
         for i in range(na):
             for j in range(nb):
-                M[i, j] = _ratio(state["xy"][i][j], state["xx"][i], state["yy"][j],
+                M[i, j] = ratio(state["xy"][i][j], state["xx"][i], state["yy"][j],
                                  state["ca"][i], state["cb"][j], clip=False)
     return {"matrix": M, "names_a": [n for n, _ in ba], "names_b": [n for n, _ in bb],
             "n_samples": state["n"], "batches": state["batches"], "skipped_batches": state["skipped"],
@@ -212,9 +212,9 @@ def _exact_update(st: dict, fa: list[torch.Tensor], fb: list[torch.Tensor], ba, 
                                  f"or raise max_dim")
         dev = fa[0].device
         na, nb = len(fa), len(fb)
-        st["ma"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_a", k=nb) for (n, _), f in zip(ba, fa)]
-        st["mb"] = [_Side(f.shape[1], dev, "center", f"block {n!r} of model_b", k=na) for (n, _), f in zip(bb, fb)]
-        st["cr"] = [[_Cross(x, y) for y in st["mb"]] for x in st["ma"]]
+        st["ma"] = [SideMoments(f.shape[1], dev, "center", f"block {n!r} of model_a", k=nb) for (n, _), f in zip(ba, fa)]
+        st["mb"] = [SideMoments(f.shape[1], dev, "center", f"block {n!r} of model_b", k=na) for (n, _), f in zip(bb, fb)]
+        st["cr"] = [[CrossMoments(x, y) for y in st["mb"]] for x in st["ma"]]
     elif [f.shape[1] for f in fa] != [m.d for m in st["ma"]] or [f.shape[1] for f in fb] != [m.d for m in st["mb"]]:
         raise ValueError("block feature widths changed between batches (variable input size with pool='flatten'?)")
     pa = [m.prepare(f) for m, f in zip(st["ma"], fa)]

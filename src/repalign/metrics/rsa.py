@@ -53,9 +53,9 @@ import torch
 from repalign.seeding import generator
 
 from ._validate import check_finite, check_pair, check_positive_int, default_chunk_rows, row_chunks
-from .cka import _F64, _pair_stats, _ratio
+from .moments import F64, CrossStats, SideStats, pair_stats, ratio
 
-__all__ = ["rsa", "RSAResult", "RDMS", "CORRS", "MAX_EXACT_SPEARMAN_N"]
+__all__ = ["rsa", "RSAResult", "RDMS", "CORRS", "MAX_EXACT_SPEARMAN_N", "pearson_from_stats"]
 
 RDMS = ("cosine", "correlation", "euclidean")
 CORRS = ("pearson", "spearman")
@@ -105,8 +105,8 @@ def rsa(X: Any, Y: Any, rdm: str = "cosine", corr: str = "pearson", *, max_exact
     n = X.shape[0]
     M = n * (n - 1) // 2
     if corr == "pearson" and rdm != "euclidean":  # finiteness is checked while streaming
-        sx, sy, xy = _pair_stats(X, Y, rdm, method, chunk_size)
-        return RSAResult(_pearson_from_stats(sx, sy, xy, n), 0.0, True, M)
+        sx, sy, xy = pair_stats(X, Y, rdm, method, chunk_size)
+        return RSAResult(pearson_from_stats(sx, sy, xy, n), 0.0, True, M)
     check_finite(X, "X")
     check_finite(Y, "Y")
     if corr == "pearson":
@@ -119,13 +119,17 @@ def rsa(X: Any, Y: Any, rdm: str = "cosine", corr: str = "pearson", *, max_exact
 # ----------------------------------------------------------------------------------------------
 # Pearson, feature space (cosine / correlation)
 # ----------------------------------------------------------------------------------------------
-def _pearson_from_stats(sx: dict, sy: dict, xy: dict, n: int) -> float:
+def pearson_from_stats(sx: SideStats, sy: SideStats, xy: CrossStats, n: int) -> float:
+    """Pearson RSA (cosine/correlation RDM) from uncentred moment statistics of the unit rows
+    (:func:`repalign.metrics.moments.pair_stats` in ``rdm`` mode): the sums over pairs ``i < j`` are
+    ``S_k = (1ᵀK1 − tr K)/2``, ``S_kk = (‖K‖_F² − Σ K_ii²)/2``, ``S_kl = (⟨K, L⟩ − Σ K_ii L_ii)/2``
+    (formula for ``r`` in the module docstring)."""
     M = n * (n - 1) / 2.0
-    Sk, Sl = (sx["s2"] - sx["t"]) / 2, (sy["s2"] - sy["t"]) / 2
-    Skk, Sll = (sx["g"] - sx["tt"]) / 2, (sy["g"] - sy["tt"]) / 2
-    Skl = (xy["g"] - xy["t"]) / 2
+    Sk, Sl = (sx.total - sx.trace) / 2, (sy.total - sy.trace) / 2
+    Skk, Sll = (sx.frob_sq - sx.diag_sq) / 2, (sy.frob_sq - sy.diag_sq) / 2
+    Skl = (xy.inner - xy.diag_inner) / 2
     vx, vy = M * Skk - Sk * Sk, M * Sll - Sl * Sl
-    return _ratio(M * Skl - Sk * Sl, vx, vy, _const(vx, M * Skk), _const(vy, M * Sll), clip=False)
+    return ratio(M * Skl - Sk * Sl, vx, vy, _const(vx, M * Skk), _const(vy, M * Sll), clip=False)
 
 
 def _const(var_times_m2: float, msq_times_m2: float) -> bool:
@@ -143,13 +147,13 @@ class _Rows:
         self.mean = None
         if rdm == "euclidean":  # distances are translation invariant; centring improves the expansion
             rows = default_chunk_rows(X.shape[1])
-            m = torch.zeros(X.shape[1], dtype=_F64, device=X.device)
+            m = torch.zeros(X.shape[1], dtype=F64, device=X.device)
             for a, b in row_chunks(X.shape[0], rows):
-                m += X[a:b].sum(dim=0, dtype=_F64)
+                m += X[a:b].sum(dim=0, dtype=F64)
             self.mean = m / X.shape[0]
 
     def block(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = self.X[a:b].to(_F64)
+        z = self.X[a:b].to(F64)
         if self.rdm == "euclidean":
             z = z - self.mean
             return z, (z * z).sum(dim=1)
@@ -186,8 +190,8 @@ def _tiles(R: _Rows, tile: int) -> Iterator[torch.Tensor]:
 def _pearson_euclidean(X: torch.Tensor, Y: torch.Tensor, tile: int) -> float:
     Rx, Ry = _Rows(X, "euclidean"), _Rows(Y, "euclidean")
     ref = None
-    s = torch.zeros(6, dtype=_F64, device=X.device)  # Σu, Σu², Σv, Σv², Σuv, (unused)
-    raw = torch.zeros(2, dtype=_F64, device=X.device)  # Σd², Σe²
+    s = torch.zeros(6, dtype=F64, device=X.device)  # Σu, Σu², Σv, Σv², Σuv, (unused)
+    raw = torch.zeros(2, dtype=F64, device=X.device)  # Σd², Σe²
     m = 0
     for dx, dy in zip(_tiles(Rx, tile), _tiles(Ry, tile)):
         if dx.numel() == 0:
@@ -200,7 +204,7 @@ def _pearson_euclidean(X: torch.Tensor, Y: torch.Tensor, tile: int) -> float:
         m += dx.numel()
     su, suu, sv, svv, suv = (float(t) for t in s[:5])
     vx, vy = m * suu - su * su, m * svv - sv * sv
-    return _ratio(m * suv - su * sv, vx, vy, _const(vx, m * float(raw[0])), _const(vy, m * float(raw[1])),
+    return ratio(m * suv - su * sv, vx, vy, _const(vx, m * float(raw[0])), _const(vy, m * float(raw[1])),
                   clip=False)
 
 
@@ -243,24 +247,24 @@ def _rank_corr(rx: torch.Tensor, ry: torch.Tensor) -> float:
     """Pearson correlation of two doubled-rank vectors (their mean is exactly M + 1)."""
     m = rx.numel()
     center = float(m + 1)
-    acc = torch.zeros(3, dtype=_F64, device=rx.device)
+    acc = torch.zeros(3, dtype=F64, device=rx.device)
     step = 1 << 23
     for s in range(0, m, step):
-        a = rx[s:s + step].to(_F64) - center
-        b = ry[s:s + step].to(_F64) - center
+        a = rx[s:s + step].to(F64) - center
+        b = ry[s:s + step].to(F64) - center
         acc += torch.stack(((a * b).sum(), (a * a).sum(), (b * b).sum()))
     sab, saa, sbb = (float(t) for t in acc)
-    return _ratio(sab, saa, sbb, saa == 0.0, sbb == 0.0, clip=False)
+    return ratio(sab, saa, sbb, saa == 0.0, sbb == 0.0, clip=False)
 
 
 def _all_pair_values(X: torch.Tensor, rdm: str, tile: int) -> tuple[torch.Tensor, bool]:
     """All M pair values (fixed tile order) and whether the RDM is constant (variance ≤ 1e-12 × mean
     square, the same tolerance as the Pearson path, so rounding noise on a constant RDM is ignored)."""
     n = X.shape[0]
-    out = torch.empty(n * (n - 1) // 2, dtype=_F64, device=X.device)
+    out = torch.empty(n * (n - 1) // 2, dtype=F64, device=X.device)
     k = 0
     ref = None
-    acc = torch.zeros(3, dtype=_F64, device=X.device)
+    acc = torch.zeros(3, dtype=F64, device=X.device)
     for t in _tiles(_Rows(X, rdm), tile):
         if t.numel() == 0:
             continue
@@ -279,7 +283,7 @@ def _spearman_exact(X: torch.Tensor, Y: torch.Tensor, rdm: str, tile: int) -> fl
     if cx:
         del vx
         _, cy = _all_pair_values(Y, rdm, tile)
-        return _ratio(0.0, 1.0, 1.0, cx, cy, clip=False)
+        return ratio(0.0, 1.0, 1.0, cx, cy, clip=False)
     holder = [vx]
     del vx
     rx = _doubled_ranks(holder)
@@ -293,10 +297,10 @@ def _spearman_exact(X: torch.Tensor, Y: torch.Tensor, rdm: str, tile: int) -> fl
 
 
 def _sampled_values(X: torch.Tensor, rdm: str, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(i.numel(), dtype=_F64, device=X.device)
+    out = torch.empty(i.numel(), dtype=F64, device=X.device)
     step = default_chunk_rows(X.shape[1])
     for a, b in row_chunks(i.numel(), step):
-        xi, xj = X[i[a:b]].to(_F64), X[j[a:b]].to(_F64)
+        xi, xj = X[i[a:b]].to(F64), X[j[a:b]].to(F64)
         if rdm == "euclidean":
             out[a:b] = torch.linalg.vector_norm(xi - xj, dim=1)
             continue
@@ -320,7 +324,7 @@ def _spearman_subsampled(X: torch.Tensor, Y: torch.Tensor, rdm: str, n_pairs: in
     vx, vy = _sampled_values(X, rdm, i, j), _sampled_values(Y, rdm, i, j)
     cx, cy = (_const(float(v.var(correction=0)), float((v * v).mean())) for v in (vx, vy))
     if cx or cy:
-        return RSAResult(_ratio(0.0, 1.0, 1.0, cx, cy, clip=False), 0.0, False, n_pairs)
+        return RSAResult(ratio(0.0, 1.0, 1.0, cx, cy, clip=False), 0.0, False, n_pairs)
     value = _rank_corr(_doubled_ranks(vx.clone()), _doubled_ranks(vy.clone()))  # clones: sorted in place
     G = _JACKKNIFE_GROUPS
     groups = torch.arange(n_pairs, device=X.device) % G
@@ -328,6 +332,6 @@ def _spearman_subsampled(X: torch.Tensor, Y: torch.Tensor, rdm: str, n_pairs: in
     for k in range(G):
         keep = groups != k
         thetas.append(_rank_corr(_doubled_ranks(vx[keep]), _doubled_ranks(vy[keep])))
-    th = torch.tensor(thetas, dtype=_F64)
+    th = torch.tensor(thetas, dtype=F64)
     stderr = math.sqrt((G - 1) / G * float(((th - th.mean()) ** 2).sum()))
     return RSAResult(value, stderr, False, n_pairs)

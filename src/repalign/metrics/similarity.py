@@ -16,8 +16,9 @@ import math
 from typing import Any
 
 from ._validate import check_pair
-from .cka import _cka_from_stats, _pair_stats, _ratio
-from .rsa import _pearson_from_stats
+from .cka import cka_from_stats
+from .moments import CrossStats, SideStats, pair_stats, ratio
+from .rsa import pearson_from_stats
 
 __all__ = ["similarity_gap", "representation_angle", "representation_metrics"]
 
@@ -31,32 +32,33 @@ def _div(a: float, b: float) -> float:
     return 0.0 if a == 0 else math.inf
 
 
-def _gap(sx: dict, sy: dict, xy: dict, n: int) -> dict[str, float]:
-    nx, ny = math.sqrt(max(sx["g"], 0.0)), math.sqrt(max(sy["g"], 0.0))
-    ab = math.sqrt(max(sx["g"] + sy["g"] - 2 * xy["g"], 0.0))
-    cab = math.sqrt(max(sx["c"] + sy["c"] - 2 * xy["c"], 0.0))
+def _gap(sx: SideStats, sy: SideStats, xy: CrossStats, n: int) -> dict[str, float]:
+    # ‖Σ_X − Σ_Y‖_F² = ‖K‖² + ‖L‖² − 2⟨K, L⟩ (K, L the Grams of the unit rows), likewise centred
+    nx, ny = math.sqrt(max(sx.frob_sq, 0.0)), math.sqrt(max(sy.frob_sq, 0.0))
+    ab = math.sqrt(max(sx.frob_sq + sy.frob_sq - 2 * xy.inner, 0.0))
+    cab = math.sqrt(max(sx.centred_frob_sq + sy.centred_frob_sq - 2 * xy.centred_inner, 0.0))
     dx, dy = _degenerate(sx), _degenerate(sy)
     if dy:  # HΣ_YH = 0 up to rounding
         crel = 0.0 if dx else math.inf
     else:
-        crel = cab / math.sqrt(sy["c"])
+        crel = cab / math.sqrt(sy.centred_frob_sq)
     return {"abs": ab, "rel": _div(ab, ny), "rel_sym": _div(ab, 0.5 * (nx + ny)), "per_entry": ab / n,
             "centred_abs": cab, "centred_rel": crel, "n": n}
 
 
-def _degenerate(s: dict) -> bool:
+def _degenerate(s: SideStats) -> bool:
     """All unit rows identical (centred variation ≤ 1e-12 of the total, i.e. 1e-6 RMS)."""
-    return not (s["a"] > _ANGLE_RTOL * s["t"] and s["c"] > 0)
+    return not (s.centred_trace > _ANGLE_RTOL * s.trace and s.centred_frob_sq > 0)
 
 
-def _angle(sx: dict, sy: dict, xy: dict, centred: bool) -> float:
-    k = "c" if centred else "g"
+def _angle(sx: SideStats, sy: SideStats, xy: CrossStats, centred: bool) -> float:
     # a side is degenerate when its (centred) unit rows carry no variation at all
     if centred:
         cx, cy = _degenerate(sx), _degenerate(sy)
+        cos = ratio(xy.centred_inner, sx.centred_frob_sq, sy.centred_frob_sq, cx, cy, clip=True)
     else:
-        cx, cy = not sx["g"] > 0, not sy["g"] > 0
-    cos = _ratio(xy[k], sx[k], sy[k], cx, cy, clip=True)
+        cx, cy = not sx.frob_sq > 0, not sy.frob_sq > 0
+        cos = ratio(xy.inner, sx.frob_sq, sy.frob_sq, cx, cy, clip=True)
     return math.degrees(math.acos(cos))
 
 
@@ -78,7 +80,7 @@ def similarity_gap(X: Any, Y: Any, *, chunk_size: int | None = None, method: str
     relative RMS; then 0.0 if the same holds for ``X``).
     """
     X, Y = check_pair(X, Y, 2, "similarity_gap", finite=False)
-    sx, sy, xy = _pair_stats(X, Y, "cosine", method, chunk_size)
+    sx, sy, xy = pair_stats(X, Y, "cosine", method, chunk_size)
     return _gap(sx, sy, xy, X.shape[0])
 
 
@@ -95,7 +97,7 @@ def representation_angle(X: Any, Y: Any, *, centred: bool = True, chunk_size: in
     identical up to 1e-6 relative RMS) follow the CKA convention: both → 0°, one → 90°.
     """
     X, Y = check_pair(X, Y, 2, "representation_angle", finite=False)
-    sx, sy, xy = _pair_stats(X, Y, "cosine", method, chunk_size)
+    sx, sy, xy = pair_stats(X, Y, "cosine", method, chunk_size)
     return _angle(sx, sy, xy, centred)
 
 
@@ -113,13 +115,13 @@ def representation_metrics(X: Any, Y: Any, *, debiased: bool = True, chunk_size:
     """
     X, Y = check_pair(X, Y, 3, "representation_metrics", finite=False)
     n = X.shape[0]
-    cx, cy, cxy = _pair_stats(X, Y, "center", method, chunk_size)
-    sx, sy, xy = _pair_stats(X, Y, "cosine", method, chunk_size)
+    cx, cy, cxy = pair_stats(X, Y, "center", method, chunk_size)
+    sx, sy, xy = pair_stats(X, Y, "cosine", method, chunk_size)
     gap = _gap(sx, sy, xy, n)
     return {
-        "linear_cka": _cka_from_stats(cx, cy, cxy, False),
-        "debiased_cka": _cka_from_stats(cx, cy, cxy, True) if debiased and n >= 4 else None,
-        "rsa": _pearson_from_stats(sx, sy, xy, n),
+        "linear_cka": cka_from_stats(cx, cy, cxy, False),
+        "debiased_cka": cka_from_stats(cx, cy, cxy, True) if debiased and n >= 4 else None,
+        "rsa": pearson_from_stats(sx, sy, xy, n),
         "sim_gap": gap["abs"], "sim_gap_rel": gap["rel"], "sim_gap_per_entry": gap["per_entry"],
         "repr_angle_deg": _angle(sx, sy, xy, True),
         "sim_gap_rel_sym": gap["rel_sym"], "sim_gap_centred_rel": gap["centred_rel"], "n": n,
