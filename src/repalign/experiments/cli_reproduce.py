@@ -11,7 +11,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     figs = list(FIGS) if args.fig == "all" else [args.fig]
     for f in figs:
         out = args.out if len(figs) == 1 or args.out is None else f"{args.out}/{f}"
-        reproduce(f, scale, out, processes=args.processes, run=args.run, nproc=args.nproc)
+        reproduce(f, scale, out, processes=args.processes, run=args.run, nproc=args.nproc, gpu=args.gpu)
     return 0
 
 
@@ -32,4 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=1, help="local processes for the sweeps")
     p.add_argument("--run", action="store_true", help="--scale paper: actually train here instead of printing commands")
     p.add_argument("--nproc", type=int, default=8, help="GPUs per run in the printed torchrun commands")
+    p.add_argument("--gpu", default=None,
+                   help="--scale paper: plan GPU-hours from this GPU's measured benchmarks/results/gpu/*.json "
+                        "(make gpu-check; default $REPALIGN_GPU, else the only result present, else the FLOP estimate)")
     p.set_defaults(func=cmd_reproduce)
