@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from repalign.data.sampler import SeededBatchSampler, shard
 from repalign.data.sources import ImageSource
+from repalign.data.batched_views import batch_params
 from repalign.data.views import EvalTransform, MultiViewTransform
 
 __all__ = ["ViewBatchDataset", "EvalBatchDataset", "TrainLoader", "make_train_loader",
@@ -30,15 +31,20 @@ class ViewBatchDataset(Dataset):
     """Map-style dataset whose items are whole batches.
 
     ``ds[(epoch, indices)]`` (or ``ds[indices]`` using the attribute ``ds.epoch``) returns
-    ``(views float32 [K, B, C, S, S], labels int64 [B], indices int64 [B])``.
+    ``(views float32 [K, B, C, S, S], labels int64 [B], indices int64 [B])``. With ``raw=True``
+    (``data.augment_device: cuda``) the views are left to the consumer:
+    ``(images uint8 [B, C, H, W], params, labels, indices)`` with ``params`` from
+    :func:`~repalign.data.batched_views.batch_params` (the same per-view parameters), to be
+    applied batched on the device by :class:`~repalign.data.batched_views.BatchedViews`.
     """
 
-    def __init__(self, source: ImageSource, transform: MultiViewTransform):
+    def __init__(self, source: ImageSource, transform: MultiViewTransform, raw: bool = False):
         if source.channels != transform.channels:
             raise ValueError(f"source has {source.channels} channels, transform expects "
                              f"channels={transform.channels}")
         self.source = source
         self.transform = transform
+        self.raw = bool(raw)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -53,6 +59,9 @@ class ViewBatchDataset(Dataset):
         idx = torch.as_tensor(list(indices) if not torch.is_tensor(indices) else indices,
                               dtype=torch.long)
         imgs = self.source.get_batch(idx)
+        if self.raw:
+            params = batch_params(self.transform, idx, int(epoch), *imgs.shape[-2:])
+            return imgs, params, self.source.labels.index_select(0, idx), idx
         views = self.transform.apply_batch(imgs, idx, int(epoch))
         return views, self.source.labels.index_select(0, idx), idx
 
@@ -123,16 +132,17 @@ class TrainLoader:
 
 
 def make_train_loader(source: ImageSource, transform: MultiViewTransform,
-                      sampler: SeededBatchSampler, num_workers: int = 0, **kw) -> TrainLoader:
-    """Training loader; ``kw``: ``pin_memory``, ``persistent_workers``, ``prefetch_factor``,
-    ``multiprocessing_context``, ``shard=(rank, world_size)`` (DDP: this rank's slice of every
-    global batch). Call ``loader.set_epoch(e)`` (or ``sampler.set_epoch``) before
-    each epoch."""
+                      sampler: SeededBatchSampler, num_workers: int = 0, raw: bool = False,
+                      **kw) -> TrainLoader:
+    """Training loader (``raw``: see :class:`ViewBatchDataset`); ``kw``: ``pin_memory``,
+    ``persistent_workers``, ``prefetch_factor``, ``multiprocessing_context``,
+    ``shard=(rank, world_size)`` (DDP: this rank's slice of every global batch). Call
+    ``loader.set_epoch(e)`` (or ``sampler.set_epoch``) before each epoch."""
     if sampler.num_samples != len(source):
         raise ValueError(f"sampler covers {sampler.num_samples} samples but source has "
                          f"{len(source)}")
-    return TrainLoader(ViewBatchDataset(source, transform), sampler, num_workers=num_workers,
-                       **kw)
+    return TrainLoader(ViewBatchDataset(source, transform, raw=raw), sampler,
+                       num_workers=num_workers, **kw)
 
 
 class EvalBatchDataset(Dataset):
