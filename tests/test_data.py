@@ -24,7 +24,7 @@ from repalign.data import (
     shard,
     source_info,
 )
-from repalign.data import sources as sources_mod
+from repalign.data.sources import download as source_files
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -54,8 +54,8 @@ def _write_fake_mnist(d: Path, n_train=40, n_test=20, seed=0):
 
 @pytest.fixture
 def no_system_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(sources_mod, "_system_dirs", lambda: [])
-    monkeypatch.setattr(sources_mod, "_cache_dir", lambda: tmp_path / "empty-cache")
+    monkeypatch.setattr(source_files, "system_dirs", lambda: [])
+    monkeypatch.setattr(source_files, "cache_dir", lambda: tmp_path / "empty-cache")
     monkeypatch.delenv("REPALIGN_DATA", raising=False)
     monkeypatch.delenv("REPALIGN_DOWNLOAD", raising=False)
 

@@ -616,10 +616,10 @@ def test_nonexistent_data_root_leaves_no_run_folder(tmp_path, capsys):
 
 
 def test_missing_dataset_names_data_download_and_the_debian_package(tmp_path, capsys, monkeypatch):
-    from repalign.data import sources
+    from repalign.data.sources import download
 
-    monkeypatch.setattr(sources, "_system_dirs", lambda: [tmp_path / "none"])
-    monkeypatch.setattr(sources, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(download, "system_dirs", lambda: [tmp_path / "none"])
+    monkeypatch.setattr(download, "cache_dir", lambda: tmp_path / "cache")
     monkeypatch.delenv("REPALIGN_DATA", raising=False)
     monkeypatch.delenv("REPALIGN_DOWNLOAD", raising=False)
     run = tmp_path / "run"

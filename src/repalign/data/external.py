@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from repalign.data.sources import ImageSource, _in_memory_source
+from repalign.data.sources import ImageSource, in_memory_source
 
 KEY = "data.source"
 
@@ -88,9 +88,9 @@ def dataset_to_source(ds: Any, ref: str, split: str, *, num_classes: int | None 
     names = getattr(ds, "classes", None)
     if not (isinstance(names, (list, tuple)) and len(names) > max(labels)):
         names = [str(k) for k in range(max(labels) + 1)]
-    return _in_memory_source(name or ref, split, torch.stack(imgs), np.asarray(labels, np.int64),
-                             [str(x) for x in names], num_classes=num_classes, classes=classes, seed=seed,
-                             max_per_class=max_per_class, meta={"reference": ref})
+    return in_memory_source(name or ref, split, torch.stack(imgs), np.asarray(labels, np.int64),
+                            [str(x) for x in names], num_classes=num_classes, classes=classes, seed=seed,
+                            max_per_class=max_per_class, meta={"reference": ref})
 
 
 def _torchvision_factory(cls_name: str, root: str | None, download: bool) -> Callable[..., Any]:
