@@ -60,6 +60,12 @@ def _gt(lo: float) -> Callable[[Any], str | None]:
     return lambda v: None if (v > lo and math.isfinite(v)) else f"must be > {lo} and finite, got {v!r}"
 
 
+def _check_every(v: Any) -> str | None:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return None
+    return f"must be 'auto' or an integer >= 1, got {v!r}"
+
+
 def _int_list(v: Any) -> str | None:
     if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         return f"must be a list of integers, got {v!r}"
@@ -87,6 +93,12 @@ SCHEMA: dict[str, Key] = {
     "data.image_size": Key(INT, None, _ge(4), nullable=True),
     "data.balanced": Key(BOOL, False, doc="class-balanced batches"),
     "data.num_workers": Key(INT, 0, _ge(0)),
+    "data.pin_memory": Key((str, bool), "auto", lambda v: None if v in ("auto", True, False) else
+                           f"must be auto, true or false, got {v!r}",
+                           doc="page-locked host batches for asynchronous (non_blocking) host→GPU copies: auto = "
+                               "when the device is CUDA; true requires a CUDA device; false never"),
+    "data.persistent_workers": Key(BOOL, True, doc="keep the data.num_workers > 0 loader processes alive across "
+                                                   "epochs (no re-fork per epoch); batches are identical either way"),
     "data.options": Key(DICT, {}, doc="extra keyword arguments for the source (e.g. strokes knobs)"),
     # model
     "model.encoder": Key(STR, "small_cnn", lambda v: _encoder_check(v),
@@ -111,6 +123,17 @@ SCHEMA: dict[str, Key] = {
     "train.log_every": Key(INT, 10, _ge(1), doc="steps between metrics.jsonl train rows"),
     "train.checkpoint_every": Key(INT, 1, _ge(1), doc="epochs between checkpoints"),
     "train.on_nonfinite": Key(STR, "stop_arm", _choice("stop_arm", "stop_run")),
+    "train.nonfinite_check_every": Key((int, str), "auto", lambda v: _check_every(v),
+                                       doc="steps between reads of the device-side non-finite flags (one device→host "
+                                           "transfer each; also read before every evaluation, checkpoint and epoch "
+                                           "end). auto = train.log_every on CUDA, 1 on CPU. The result is the same "
+                                           "for every value: an arm is frozen on the device at its first bad step "
+                                           "(under stop_run every arm is), so the read finds it at its last good "
+                                           "state and names that step; only the wasted compute grows with it"),
+    "train.channels_last": Key(BOOL, False, doc="models and input batches in channels_last memory format (faster "
+                                                "convolutions on GPUs with tensor cores; same state_dict names)"),
+    "train.compile": Key(BOOL, False, doc="run each arm's forward through torch.compile (off until measured; "
+                                          "checkpoints and exports keep the original module's names)"),
     "train.device": Key(STR, "auto", _choice("auto", "cpu", "cuda")),
     "train.threads": Key(INT, None, _ge(1), nullable=True, doc="torch CPU threads"),
     # loss

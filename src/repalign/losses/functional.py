@@ -432,6 +432,15 @@ def loss_gap_bound(labels: torch.Tensor, temperature: float) -> float:
     _check_labels(labels, labels.shape[0], "cpu", required=True)
     n = int(labels.numel())
     n_max = int(torch.unique(labels.detach().cpu(), return_counts=True)[1].max())
+    return loss_gap_bound_from_counts(n, n_max, tau)
+
+
+def loss_gap_bound_from_counts(n: int, n_max: int, temperature: float) -> float:
+    """:func:`loss_gap_bound` from the batch size ``n`` and its largest class count ``n_max`` (the
+    trainer counts classes on the device and reads the count with its other values)."""
+    tau = _check_temperature(temperature)
+    if not 1 <= n_max <= n:
+        raise ValueError(f"n_max must lie in 1..n = 1..{n}, got {n_max}")
     if n_max == n:
         return math.inf
     x = 2.0 / tau + math.log(n_max) - math.log(n - n_max)

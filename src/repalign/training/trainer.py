@@ -25,7 +25,8 @@ from repalign.config import ConfigError
 from repalign.errors import DataError
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
-from repalign.losses import dcl_loss, loss_gap_bound, nscl_loss
+from repalign.losses import dcl_loss, nscl_loss
+from repalign.losses.functional import loss_gap_bound_from_counts
 from repalign.losses.functional import unchecked_inputs
 from repalign.models import ContrastiveNet, LinearHead, build_model, perturb_weights, seeded_init
 from repalign.objectives import get_objective, make_loss
@@ -41,7 +42,7 @@ from repalign.training.schedule import build_scheduler
 class NonFiniteError(RuntimeError):
     """Raised when ``train.on_nonfinite: stop_run`` and an arm's embeddings, logits, loss or gradient
     norm is non-finite; ``checkpoints/last.pt`` then holds the state before that step (the CLI
-    exits with code 3)."""
+    exits with code 3), whatever ``train.nonfinite_check_every`` is."""
 
     exit_code = 3
 
@@ -75,6 +76,7 @@ class ArmState:
     active: bool = True
     stop_reason: str | None = None
     wrapped: nn.Module | None = None  # DDP wrapper when distributed
+    compiled: nn.Module | None = None  # torch.compile of (wrapped or module) when train.compile
     shared_params: list[str] = field(default_factory=list)
     unshared_params: list[str] = field(default_factory=list)
 
@@ -143,19 +145,33 @@ def _recipe(augment: str, image_size: int) -> str:
     return "simclr_cifar" if image_size < 96 else "simclr_imagenet"
 
 
-def _all_finite(tensors: list[torch.Tensor], true: torch.Tensor) -> torch.Tensor:
-    """Device-side bool: every entry of every tensor is finite (max |x| per tensor in one foreach
-    kernel; unlike a 2-norm it cannot overflow on finite values)."""
+def _nonfinite_count(tensors: list[torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
+    """Device-side float64 scalar: the number of non-finite entries in all of ``tensors`` (no host sync).
+
+    ``x − x`` is 0 for a finite ``x`` and NaN for ±inf/NaN, and the 0-"norm" counts non-zero (NaN
+    included) entries: two foreach kernels for any number of tensors. ``zero`` is returned for ``[]``."""
     if not tensors:
-        return true
-    return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
+        return zero
+    return torch.stack(torch._foreach_norm(torch._foreach_sub(tensors, tensors), 0)).double().sum()
+
+
+#: what the columns 0..5 of a step record count, in the order the first non-zero one is reported
+_CHECKS = ("embeddings", "logits", "loss", "gradient norm", "BN running statistics", "weights after the update")
+_LOSS, _GNORM, _REC = 6, 7, 8  # record columns: loss value, gradient norm value; record width
 
 
 class _ArmSnapshot:
-    """A copy of one arm's parameters and optimiser state taken before each tentative update, so a
-    step that turns out non-finite can be undone exactly. Buffers are allocated once and refreshed
-    with device-to-device copies (no host sync); memory: one more copy of the parameters and of the
-    optimiser state per arm."""
+    """One arm's state before its tentative update, and the device-side masking that undoes the update.
+
+    :meth:`take_buffers` (before the forward pass: BN running statistics) and :meth:`take` (before the
+    optimiser step: parameters and the optimiser's tensors on the parameters' device) refresh
+    preallocated copies with device-to-device copies; :meth:`keep_if` then puts every one of them back
+    where a device-side bool says so (``torch.where``: no host sync, bitwise exact either way).
+    Optimiser state that lives elsewhere (non-tensor values, tensors on another device — e.g. Adam's
+    CPU step counts) and which parameters had state at all are recorded on the host by :meth:`take`
+    (``had_state``, ``keys``, ``other``) and put back by :meth:`CoupledTrainer._restore_host` when the
+    flags are read. Memory: one more copy of the parameters, the optimiser state and the buffers per arm.
+    """
 
     def __init__(self) -> None:
         self.params: list[torch.Tensor] = []
@@ -163,43 +179,56 @@ class _ArmSnapshot:
         self.saved: list[torch.Tensor] = []
         self.other: dict[tuple[int, str], Any] = {}
         self.had_state: set[int] = set()
+        self.buffers: list[torch.Tensor] = []
+        self.saved_buffers: list[torch.Tensor] = []
+
+    @staticmethod
+    def _refresh(dst: list[torch.Tensor], src: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``dst`` refreshed from ``src`` in place (reallocated when the shapes/dtypes/devices changed)."""
+        if len(dst) != len(src) or any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
+                                       for a, b in zip(dst, src)):
+            return [t.detach().clone() for t in src]
+        if src:
+            torch._foreach_copy_(dst, [t.detach() for t in src])
+        return dst
+
+    def take_buffers(self, module: nn.Module) -> None:
+        """Copy the module's buffers (BN running statistics change in the forward pass)."""
+        self.buffers = list(module.buffers())
+        self.saved_buffers = self._refresh(self.saved_buffers, self.buffers)
 
     def take(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        params = [p.detach() for p in module.parameters()]
-        if len(self.params) != len(params) or any(a.shape != b.shape for a, b in zip(self.params, params)):
-            self.params = [p.clone() for p in params]
-        elif params:
-            torch._foreach_copy_(self.params, params)
+        """Copy parameters and optimiser state before the optimiser step."""
+        params = list(module.parameters())
+        self.params = self._refresh(self.params, params)
         keys, live, other, had = [], [], {}, set()
-        for i, p in enumerate(module.parameters()):
+        for i, p in enumerate(params):
             st = optimizer.state.get(p)
             if not st:
                 continue
             had.add(i)
             for k, v in st.items():
-                if isinstance(v, torch.Tensor):
+                if isinstance(v, torch.Tensor) and v.device == p.device:
                     keys.append((i, k))
                     live.append(v)
                 else:
                     other[(i, k)] = copy.deepcopy(v)
-        if keys != self.keys or any(a.shape != b.shape or a.device != b.device for a, b in zip(self.saved, live)):
-            self.keys, self.saved = keys, [v.detach().clone() for v in live]
-        elif live:
-            torch._foreach_copy_(self.saved, [v.detach() for v in live])
+        if keys != self.keys:
+            self.saved = []
+        self.keys, self.saved = keys, self._refresh(self.saved, live)
         self.other, self.had_state = other, had
 
-    def restore(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def keep_if(self, frozen: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Where the device bool ``frozen`` is true, put parameters, optimiser tensors (those present
+        before the step) and buffers back to the copies; else leave them as they are."""
         params = list(module.parameters())
+        live = [p.detach() for p in params] + [optimizer.state[params[i]][k] for i, k in self.keys] + self.buffers
+        saved = self.params + self.saved + self.saved_buffers
         with torch.no_grad():
-            if params:
-                torch._foreach_copy_([p.detach() for p in params], self.params)
-        for i, p in enumerate(params):
-            if i not in self.had_state:
-                optimizer.state.pop(p, None)
-        for (i, k), v in zip(self.keys, self.saved):
-            optimizer.state[params[i]][k] = v.clone()
-        for (i, k), v in self.other.items():
-            optimizer.state[params[i]][k] = copy.deepcopy(v)
+            for a, b in zip(saved, live):
+                torch.where(frozen, a, b, out=a)
+            if live:
+                torch._foreach_copy_(live, saved)
 
 
 class CoupledTrainer:
@@ -221,6 +250,18 @@ class CoupledTrainer:
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.is_main = self.rank == 0
         self.device = _device(cfg)
+        t = cfg["train"]
+        every = t.get("nonfinite_check_every", "auto")
+        #: steps between reads of the device-side non-finite flags (see :meth:`train_step`)
+        self.nonfinite_check_every = (t["log_every"] if self.device.type == "cuda" else 1) if every == "auto" else int(every)
+        self.channels_last = bool(t.get("channels_last", False))
+        self.compile = bool(t.get("compile", False))
+        pin = cfg["data"].get("pin_memory", "auto")
+        if pin is True and self.device.type != "cuda":
+            raise ConfigError(f"config key 'data.pin_memory': true needs a CUDA device (pinned memory serves "
+                              f"host→GPU copies; the device is {self.device.type}); use auto")
+        self.pin_memory = self.device.type == "cuda" and pin is not False
+        self.persistent_workers = bool(cfg["data"].get("persistent_workers", True))
         if cfg["train"]["threads"]:
             torch.set_num_threads(cfg["train"]["threads"])
         self.arms_cfg = resolve_arms(self.cfg)
@@ -268,6 +309,9 @@ class CoupledTrainer:
         self.pos_in_epoch = 0
         self._saved_step = -1
         self._snapshots: dict[str, _ArmSnapshot] = {}  # per arm, for undoing a non-finite step
+        self._pending: list[dict[str, Any]] = []  # step records not yet read from the device (train_step)
+        self._frozen: dict[str, torch.Tensor] = {}  # per arm: device bool, non-finite since the last read
+        self._frozen_all: torch.Tensor | None = None  # stop_run: any arm non-finite since the last read
         self._t0 = time.perf_counter()
         self.evaluator = self._default_evaluator() if evaluator == "default" else evaluator
         self._loggers: Any = None  # training.loggers.MetricLoggers while fit() runs
@@ -325,6 +369,8 @@ class CoupledTrainer:
                 with seeded_init(derive_seed(self.seed, "head")):
                     head = LinearHead(mcfg["projector_out"], self.num_classes)
             module = ArmModule(net, head).to(self.device)
+            if self.channels_last:
+                module = module.to(memory_format=torch.channels_last)
             if self.world > 1 and self.cfg["model"]["sync_bn"]:
                 module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
             peak = scaled_lr(a.get("optim.lr"), self.batch_size, a.get("optim.lr_rule"))
@@ -339,12 +385,17 @@ class CoupledTrainer:
             if self.world > 1:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 st.wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            if self.compile:  # forward only: checkpoints and exports read st.module, names unchanged
+                st.compiled = torch.compile(st.wrapped if st.wrapped is not None else module)
             states.append(st)
         return states
 
     def _meta(self) -> dict[str, Any]:
         return {
             "seed": self.seed, "world_size": self.world, "device": str(self.device),
+            "speed": {"nonfinite_check_every": self.nonfinite_check_every, "channels_last": self.channels_last,
+                      "compile": self.compile, "pin_memory": self.pin_memory,
+                      "persistent_workers": self.persistent_workers},
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "num_classes": self.num_classes, "class_names": list(self.train_source.class_names),
             "train_size": len(self.train_source), "test_size": len(self.test_source),
@@ -391,7 +442,9 @@ class CoupledTrainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self) -> None:
-        """Write ``checkpoints/last.pt`` atomically (the previous one is kept as ``last.prev.pt``)."""
+        """Write ``checkpoints/last.pt`` atomically (the previous one is kept as ``last.prev.pt``), after
+        reading the pending non-finite flags (:meth:`check_nonfinite`), so it never holds a bad state."""
+        self.check_nonfinite()
         if self.run is not None and self.is_main:
             self.run.sync()  # the rows this checkpoint covers reach the disk first
             save_checkpoint(self.state_dict(), self.run.ckpt_dir / "last.pt")
@@ -427,9 +480,13 @@ class CoupledTrainer:
         (under DDP ``B`` is this rank's share of the global batch)."""
         sampler: SeededBatchSampler = stream["sampler"]
         sampler.load_state_dict({"epoch": epoch, "consumed": start})
-        loader = make_train_loader(self.train_source, stream["transform"], sampler,
-                                   num_workers=self.cfg["data"]["num_workers"],
-                                   shard=(self.rank, self.world) if self.world > 1 else None)
+        loader = stream.get("loader")
+        if loader is None:  # one loader per stream for the whole run: persistent workers survive epochs
+            nw = self.cfg["data"]["num_workers"]
+            loader = stream["loader"] = make_train_loader(
+                self.train_source, stream["transform"], sampler, num_workers=nw, pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers and nw > 0,
+                shard=(self.rank, self.world) if self.world > 1 else None)
         return iter(loader)
 
     def _eval_steps(self) -> set[int]:
@@ -444,6 +501,7 @@ class CoupledTrainer:
         """Evaluation after ``self.step`` steps: save every arm's weights, then log align/eval rows.
         Runs before any checkpoint of the same step, so a run killed while evaluating redoes it."""
         from repalign.training.evaluate import epoch_of
+        self.check_nonfinite()
         epoch = epoch_of(self.step, self.steps_per_epoch)
         self.save_models(epoch)
         assert self.evaluator is not None
@@ -452,6 +510,7 @@ class CoupledTrainer:
     def _log_weight_gaps(self) -> None:
         """``kind: weight`` rows (weight gap of every pair, no features) — ``eval.weight_every``."""
         from repalign.training.evaluate import epoch_of, weight_rows
+        self.check_nonfinite()
         if not self.is_main:
             return
         nets = {s.name: s.module.net for s in self.arm_states}
@@ -500,6 +559,7 @@ class CoupledTrainer:
                         self._evaluate()
                     if not any(s.active for s in self.arm_states):
                         break
+                self.check_nonfinite()  # at every epoch end (a stop_run rewind stays within the epoch)
                 if self.pos_in_epoch < self.steps_per_epoch:
                     break  # stopped mid-epoch (stop_after, max_steps or every arm stopped)
                 self.epoch += 1
@@ -517,133 +577,222 @@ class CoupledTrainer:
                 "arms": {s.name: {"active": s.active, "stop_reason": s.stop_reason} for s in self.arm_states}}
 
     def train_step(self, batches: Mapping[str, tuple[torch.Tensor, ...]], log: bool = False) -> list[dict[str, Any]]:
-        """One optimiser step of every active arm on its stream's batch; returns logged rows.
+        """One optimiser step of every active arm on its stream's batch; returns the rows logged by
+        this call (under deferred checking those of earlier steps, see below).
 
-        Watching for non-finite values costs one device→host transfer per step rather than one per
-        arm: (1) every active arm runs its forward and backward pass and records, on the device,
-        whether its embeddings, logits, loss and gradient norm are finite; (2) it takes its optimiser
-        step tentatively — parameters and optimiser state are first copied into a preallocated
-        snapshot (device-to-device) — and records whether its parameters are still finite; (3) one
-        transfer of all flags and losses (one all-reduce under DDP) decides. An arm with any
-        non-finite value gets its parameters, optimiser state and BN buffers back from before the
-        step, so it stays at its last good state, and ``train.on_nonfinite`` decides whether it stops
-        alone (``stop_arm``) or the run stops (``stop_run``: every arm is put back, a checkpoint of
-        the state before this step is written, :class:`NonFiniteError` is raised).
+        No host synchronisation in the step. (1) Every active arm runs its forward and backward pass
+        and records on the device how many of its embeddings, logits, loss, gradient norm and BN
+        running statistics are non-finite; (2) it takes its optimiser step tentatively — parameters
+        and optimiser state are first copied into a preallocated snapshot (device to device) — and
+        counts the non-finite weights; (3) the record ``[n_arms, 8]`` (six counts, loss, gradient
+        norm; one all-reduce under DDP, never a host read) sets a device bool per arm, *frozen*, once
+        any count is non-zero, and ``torch.where`` puts a frozen arm's parameters, optimiser state and
+        BN buffers back from the snapshot. A frozen arm therefore sits exactly at its last good state
+        from its first bad step on, however long nobody looks. Under ``train.on_nonfinite: stop_run``
+        one flag freezes every arm, so all arms sit at the state before the first bad step.
+
+        The records (and the train/loss-gap row values of logged steps) reach the host in **one**
+        transfer every ``train.nonfinite_check_every`` steps and before every evaluation, weight
+        row, checkpoint and epoch end (:meth:`check_nonfinite`). The read replays the steps in order:
+        an arm's first bad step ``t`` stops it with an event naming step ``t`` (its host-side state —
+        learning-rate schedule, non-device optimiser state — is put back to before ``t``), rows of
+        later steps of that arm are dropped; under ``stop_run`` the run rewinds to step ``t``, writes
+        the checkpoint of the state before it and raises :class:`NonFiniteError`. Rows, events,
+        checkpoints and weights are therefore the same for every ``nonfinite_check_every`` (1 reads
+        every step). Only the global RNG state (unused by the built-in models) and the compute spent
+        on frozen arms until the read differ.
         """
-        rows: list[dict[str, Any]] = []
         epoch_f = self.step / self.steps_per_epoch
         inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for key, (views, labels, _idx) in batches.items():
             x = views.to(self.device, non_blocking=True).flatten(0, 1)  # [K·B, C, H, W], view-major
-            inputs[key] = (x, labels.to(self.device))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            inputs[key] = (x, labels.to(self.device, non_blocking=True))
         pending: list[dict[str, Any]] = []
         for s in self.arm_states:
             if not s.active:
                 continue
             x, labels = inputs[s.stream]
             t0 = time.perf_counter()
-            # BN running statistics change in the forward pass; keep a copy so a non-finite step
-            # leaves the arm exactly at its last good state (buffers are small: a few vectors).
-            buffers = list(s.module.buffers())
-            saved = [b.clone() for b in buffers]
+            snap = self._snapshots.setdefault(s.name, _ArmSnapshot())
+            snap.take_buffers(s.module)  # BN running statistics change in the forward pass
             loss, z, logits = self._forward_loss(s, x, labels)
             s.optimizer.zero_grad(set_to_none=True)
             s.scaler.scale(loss).backward()
             s.scaler.unscale_(s.optimizer)
             clip = s.arm.get("train.grad_clip")
             gnorm = torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip if clip else float("inf"))
-            true = torch.ones((), dtype=torch.bool, device=loss.device)
-            checks = [
-                torch.isfinite(z).all(),
-                torch.isfinite(logits).all() if logits is not None else true,
-                torch.isfinite(loss.detach()),
+            zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+            loss_v = loss.detach().double()
+            gnorm_v = gnorm.detach().to(loss.device).double()
+            counts = [
+                _nonfinite_count([z.detach()], zero),
+                _nonfinite_count([logits.detach()], zero) if logits is not None else zero,
+                (~torch.isfinite(loss_v)).double(),
                 # with an fp16 scaler, inf gradients are expected: the scaler skips the step itself
-                torch.isfinite(gnorm.to(loss.device)) if not s.scaler.is_enabled() else true,
-                _all_finite([b for b in buffers if b.is_floating_point()], true),  # BN running statistics
+                (~torch.isfinite(gnorm_v)).double() if not s.scaler.is_enabled() else zero,
+                _nonfinite_count([b for b in snap.buffers if b.is_floating_point()], zero),  # BN statistics
             ]
-            pending.append({"s": s, "buffers": buffers, "saved": saved, "loss": loss.detach().float(), "z": z,
-                            "logits": logits, "gnorm": gnorm, "checks": checks, "labels": labels,
-                            "dt": time.perf_counter() - t0})
+            numel = [z.numel(), logits.numel() if logits is not None else 0, 1, 1,
+                     sum(b.numel() for b in snap.buffers if b.is_floating_point())]
+            pending.append({"s": s, "snap": snap, "counts": counts, "numel": numel, "loss": loss_v,
+                            "gnorm": gnorm_v, "z": z, "labels": labels, "dt": time.perf_counter() - t0})
         if not pending:
-            return rows
+            return self.check_nonfinite()
         fault_point("step.forward")
-        for i, p in enumerate(pending):  # tentative updates, undone below where anything is non-finite
-            s = p["s"]
+        for i, p in enumerate(pending):  # tentative updates, masked below where anything is non-finite
+            s, snap = p["s"], p["snap"]
             t0 = time.perf_counter()
-            snap = self._snapshots.setdefault(s.name, _ArmSnapshot())
             snap.take(s.module, s.optimizer)
+            p["host"] = self._host_state(s, snap)
             s.scaler.step(s.optimizer)
-            p["checks"].append(_all_finite([q.detach() for q in s.module.parameters()], p["checks"][0].new_ones(())))
-            p["snap"] = snap
+            params = [q.detach() for q in s.module.parameters()]
+            p["counts"].append(_nonfinite_count(params, p["counts"][0].new_zeros(())))
+            p["numel"].append(sum(q.numel() for q in params))
             p["dt"] += time.perf_counter() - t0
             if i == 0:
                 fault_point("step.update")
-        # one transfer (one all-reduce under DDP) for every arm: bad counts and losses
-        n_checks = len(pending[0]["checks"])
-        vec = torch.cat([torch.stack([(~torch.stack(p["checks"])).float() for p in pending]).flatten(),
-                         torch.stack([p["loss"] for p in pending])])
-        vals = dist_utils.all_reduce_mean(vec).tolist()
-        n = len(pending)
-        what_of = ("embeddings", "logits", "loss", "gradient norm", "BN running statistics", "weights after the update")
-        bad: list[tuple[dict[str, Any], str, str]] = []
+        # [n_arms, 8]: six non-finite counts, loss, gradient norm (mean over ranks: every rank agrees)
+        rec = dist_utils.all_reduce_mean(torch.stack([torch.stack(p["counts"] + [p["loss"], p["gnorm"]])
+                                                      for p in pending]))
+        bad_now = (rec[:, :_LOSS] > 0).any(dim=1)
+        stop_run = self.cfg["train"]["on_nonfinite"] == "stop_run"
+        if stop_run:
+            self._frozen_all = bad_now.any() if self._frozen_all is None else self._frozen_all | bad_now.any()
+        record: dict[str, Any] = {"step": self.step, "arms": [p["s"].name for p in pending], "rec": rec,
+                                  "host": {}, "numel": {}, "rows": [], "gaps": []}
         for i, p in enumerate(pending):
-            p["loss_val"] = vals[n_checks * n + i]
-            flags = vals[n_checks * i: n_checks * (i + 1)]
-            if any(f > 0 for f in flags):
-                what = what_of[next(j for j, f in enumerate(flags) if f > 0)]
-                bad.append((p, what, self._nonfinite_value(p, what)))
-        if bad and self.cfg["train"]["on_nonfinite"] == "stop_run":
-            for p in pending:  # nobody takes this step: the checkpoint holds the state before it
-                self._undo_step(p)
-            for p, what, value in bad:
-                self._nonfinite(p["s"], what, value)
-            self.save()
-            where = self.run.ckpt_dir / "last.pt" if self.run is not None else "no run directory"
-            others = f" (and {len(bad) - 1} more arm(s); see the event rows)" if len(bad) > 1 else ""
-            raise NonFiniteError(f"{bad[0][0]['s'].stop_reason}{others}; run stopped (train.on_nonfinite=stop_run), "
-                                 f"checkpoint of step {self.step}: {where}")
-        reasons = {id(p["s"]): (what, value) for p, what, value in bad}
-        for p in pending:
             s = p["s"]
-            if id(s) in reasons:
-                self._undo_step(p)
-                self._nonfinite(s, *reasons[id(s)])
-                continue
-            s.scaler.update()
+            frozen = self._frozen_all if stop_run else \
+                (bad_now[i] if s.name not in self._frozen else self._frozen[s.name] | bad_now[i])
+            assert frozen is not None
+            self._frozen[s.name] = frozen
+            p["snap"].keep_if(frozen, s.module, s.optimizer)
+            self._scaler_update(s, frozen)
             s.scheduler.step()
+            record["host"][s.name], record["numel"][s.name] = p["host"], p["numel"]
             if log:
-                lr = s.optimizer.param_groups[0]["lr"]
-                rows.append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
-                             "objective": get_objective(s.arm.objective).name, "loss": p["loss_val"], "lr": lr,
-                             "grad_norm": float(p["gnorm"]), "samples_per_s": self.batch_size / max(p["dt"], 1e-9)})
+                record["rows"].append({"kind": "train", "step": self.step, "epoch": epoch_f, "arm": s.name,
+                                       "objective": get_objective(s.arm.objective).name, "loss": (i, _LOSS),
+                                       "lr": s.optimizer.param_groups[0]["lr"], "grad_norm": (i, _GNORM),
+                                       "samples_per_s": self.batch_size / max(p["dt"], 1e-9)})
                 if get_objective(s.arm.objective).loss_gap:
-                    rows.append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f))
-        for r in rows:
-            self.log_row(r)
-        return rows
+                    record["rows"].append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f, record["gaps"]))
+        self._pending.append(record)
+        if (self.step + 1) % self.nonfinite_check_every == 0:
+            return self.check_nonfinite()
+        return []
 
     @staticmethod
-    def _undo_step(p: Mapping[str, Any]) -> None:
-        """Put an arm back to its state before this step: parameters and optimiser state from the
-        snapshot (when the update was taken), BN buffers, no gradients."""
-        s = p["s"]
-        if "snap" in p:
-            p["snap"].restore(s.module, s.optimizer)
-        if p["buffers"]:
-            torch._foreach_copy_(p["buffers"], p["saved"])
+    def _host_state(s: ArmState, snap: _ArmSnapshot) -> dict[str, Any]:
+        """What :meth:`_restore_host` needs to put an arm's host-side state back to before this
+        step: optimiser state off the device (``snap``), param-group settings, the LR schedule."""
+        return {"had_state": snap.had_state, "keys": set(snap.keys), "other": snap.other,
+                "groups": [{k: v for k, v in g.items() if k != "params"} for g in s.optimizer.param_groups],
+                "scheduler": s.scheduler.state_dict()}
+
+    @staticmethod
+    def _restore_host(s: ArmState, host: Mapping[str, Any]) -> None:
+        """Host-side half of undoing an arm's steps from a bad one on (the device half, :meth:`_ArmSnapshot.keep_if`,
+        already ran): optimiser state that did not exist before that step is dropped, non-device values
+        are put back, as are the param groups' settings (learning rate) and the schedule; no gradients."""
+        params = list(s.module.parameters())
+        for i, p in enumerate(params):
+            if i not in host["had_state"]:
+                s.optimizer.state.pop(p, None)
+                continue
+            st = s.optimizer.state[p]
+            for k in [k for k in st if (i, k) not in host["keys"] and (i, k) not in host["other"]]:
+                del st[k]
+        for (i, k), v in host["other"].items():
+            s.optimizer.state[params[i]][k] = copy.deepcopy(v)
+        for g, saved in zip(s.optimizer.param_groups, host["groups"]):
+            g.update(saved)
+        s.scheduler.load_state_dict(host["scheduler"])
         s.optimizer.zero_grad(set_to_none=True)
 
     @staticmethod
-    def _nonfinite_value(p: Mapping[str, Any], what: str) -> str:
-        """What was non-finite, for the event message (a host sync, only on the rare bad path)."""
-        if what in ("embeddings", "logits"):
-            t = p["z"] if what == "embeddings" else p["logits"]
-            return f"{int((~torch.isfinite(t)).sum())} of {t.numel()} entries"
-        if what in ("weights after the update", "BN running statistics"):
-            params = list(p["s"].module.parameters()) if what.startswith("weights") else \
-                [b for b in p["s"].module.buffers() if b.is_floating_point()]
-            return f"{sum(int((~torch.isfinite(q)).sum()) for q in params)} of {sum(q.numel() for q in params)} entries"
-        return str(float(p["loss"] if what == "loss" else p["gnorm"]))
+    def _scaler_update(s: ArmState, frozen: torch.Tensor) -> None:
+        """``scaler.update()``, its scale and growth tracker kept where ``frozen`` (device-side; fp16 only)."""
+        if not s.scaler.is_enabled():
+            s.scaler.update()
+            return
+        tensors = [t for t in (getattr(s.scaler, "_scale", None), getattr(s.scaler, "_growth_tracker", None))
+                   if isinstance(t, torch.Tensor)]
+        saved = [t.clone() for t in tensors]
+        s.scaler.update()  # updates both tensors in place
+        with torch.no_grad():
+            for t, b in zip(tensors, saved):
+                t.copy_(torch.where(frozen, b, t))
+
+    def check_nonfinite(self) -> list[dict[str, Any]]:
+        """Read the device-side non-finite records of the steps since the last read (one transfer),
+        act on them as :meth:`train_step` describes and log the deferred rows; returns those rows.
+        Nothing pending: no transfer. Called by :meth:`train_step` every ``train.nonfinite_check_every``
+        steps and before every evaluation, weight row, checkpoint and epoch end."""
+        pending, self._pending = self._pending, []
+        self._frozen, self._frozen_all = {}, None
+        if not pending:
+            return []
+        parts = [r["rec"].flatten() for r in pending] + [g for r in pending for g in r["gaps"]]
+        vals = torch.cat(parts).tolist()  # the one device→host transfer
+        off = 0
+        for r in pending:
+            n = len(r["arms"])
+            r["vals"] = [vals[off + i * _REC: off + (i + 1) * _REC] for i in range(n)]
+            off += n * _REC
+        for r in pending:
+            r["gap_vals"] = []
+            for _ in r["gaps"]:
+                r["gap_vals"].append(vals[off: off + 3])
+                off += 3
+        by_name = {s.name: s for s in self.arm_states}
+        stopped: set[str] = set()
+        rows: list[dict[str, Any]] = []
+        for r in pending:
+            bad = []
+            for i, name in enumerate(r["arms"]):
+                v = r["vals"][i]
+                if name not in stopped and any(c > 0 for c in v[:_LOSS]):
+                    j = next(j for j, c in enumerate(v[:_LOSS]) if c > 0)
+                    bad.append((by_name[name], _CHECKS[j], self._nonfinite_value(j, v, r["numel"][name][j])))
+            if bad and self.cfg["train"]["on_nonfinite"] == "stop_run":
+                # every arm has been frozen on the device since this step: put the host side back too
+                for name in r["arms"]:
+                    self._restore_host(by_name[name], r["host"][name])
+                self.pos_in_epoch -= self.step - r["step"]
+                self.step = r["step"]
+                for s, what, value in bad:
+                    self._nonfinite(s, what, value, r["step"])
+                self.save()  # nobody takes this step: the checkpoint holds the state before it
+                where = self.run.ckpt_dir / "last.pt" if self.run is not None else "no run directory"
+                others = f" (and {len(bad) - 1} more arm(s); see the event rows)" if len(bad) > 1 else ""
+                raise NonFiniteError(f"{bad[0][0].stop_reason}{others}; run stopped (train.on_nonfinite=stop_run), "
+                                     f"checkpoint of step {self.step}: {where}")
+            for s, what, value in bad:
+                self._restore_host(s, r["host"][s.name])
+                self._nonfinite(s, what, value, r["step"])
+                stopped.add(s.name)
+            for row in r["rows"]:
+                if row["arm"] in stopped:
+                    continue
+                i = r["arms"].index(row["arm"])
+                if row["kind"] == "train":
+                    row = {**row, "loss": r["vals"][i][_LOSS], "grad_norm": r["vals"][i][_GNORM]}
+                else:
+                    row = self._finish_loss_gap_row(row, r["gap_vals"][row.pop("gap")])
+                self.log_row(row)
+                rows.append(row)
+        return rows
+
+    def _nonfinite_value(self, j: int, v: list[float], numel: int) -> str:
+        """What was non-finite (check ``j`` of :data:`_CHECKS`), for the event message. Counts of the
+        embeddings/logits are summed over ranks (``v`` holds means), of the weights/buffers per copy."""
+        if _CHECKS[j] in ("loss", "gradient norm"):
+            return str(v[_LOSS if _CHECKS[j] == "loss" else _GNORM])
+        scale = self.world if _CHECKS[j] in ("embeddings", "logits") else 1
+        return f"{round(v[j] * scale)} of {numel * scale} entries"
 
     def _forward_loss(self, s: ArmState, x: torch.Tensor, labels: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -652,7 +801,7 @@ class CoupledTrainer:
         The loss functions' own input checks (non-finite entries, label range) need a host sync
         each; they are skipped here because :meth:`train_step` checks every arm's values itself."""
         s.module.train()
-        model = s.wrapped if s.wrapped is not None else s.module
+        model = s.compiled if s.compiled is not None else s.wrapped if s.wrapped is not None else s.module
         dtype = _autocast_dtype(s.arm.get("train.precision"))
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             _h, z, logits = model(x)
@@ -667,30 +816,47 @@ class CoupledTrainer:
                 loss = s.loss_fn(z, labels)
         return loss, z, logits
 
-    def _loss_gap_row(self, s: ArmState, z: torch.Tensor, labels: torch.Tensor, epoch_f: float) -> dict[str, Any]:
-        """Per-batch DCL − NSCL of a CL arm on its own (global) embeddings, and the bound."""
+    def _loss_gap_row(self, s: ArmState, z: torch.Tensor, labels: torch.Tensor, epoch_f: float,
+                      gaps: list[torch.Tensor]) -> dict[str, Any]:
+        """Per-batch DCL − NSCL of a CL arm on its own (global) embeddings, and the bound — a row whose
+        values stay on the device (appended to ``gaps`` as ``[DCL, NSCL, n_max]`` float64, ``n_max``
+        the largest class count) until :meth:`check_nonfinite` reads them (:meth:`_finish_loss_gap_row`)."""
         with torch.no_grad():
             zg, yg = dist_utils.gather_no_grad(z.detach(), dim=1), dist_utils.gather_no_grad(labels, dim=0)
             tau = s.arm.get("loss.temperature")
-            dcl = float(dcl_loss(zg, yg, tau))
-            nscl = float(nscl_loss(zg, yg, tau))
-            bound = float(loss_gap_bound(yg, tau))
-        return {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name, "dcl": dcl,
+            with unchecked_inputs():  # the checks would sync; a frozen arm's row is dropped anyway
+                dcl, nscl = dcl_loss(zg, yg, tau), nscl_loss(zg, yg, tau)
+            counts = torch.zeros(self.num_classes, dtype=torch.float64, device=yg.device)
+            counts.scatter_add_(0, yg.long(), torch.ones(yg.shape, dtype=torch.float64, device=yg.device))
+            gaps.append(torch.stack([dcl.detach().double(), nscl.detach().double(), counts.max()]))
+        return {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name, "gap": len(gaps) - 1,
+                "n": int(yg.numel()), "tau": tau}
+
+    @staticmethod
+    def _finish_loss_gap_row(row: Mapping[str, Any], vals: list[float]) -> dict[str, Any]:
+        """The ``lossgap`` row of :meth:`_loss_gap_row` with its values read: dcl, nscl, gap, bound."""
+        dcl, nscl, n_max = vals
+        bound = loss_gap_bound_from_counts(row["n"], int(n_max), row["tau"])
+        return {"kind": "lossgap", "step": row["step"], "epoch": row["epoch"], "arm": row["arm"], "dcl": dcl,
                 "nscl": nscl, "gap": dcl - nscl, "bound": bound}
 
-    def _nonfinite(self, s: ArmState, what: str, value: str) -> None:
-        """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event.
-        Under ``stop_run`` nothing is printed here: the run ends with one error line of its own."""
-        msg = (f"arm {s.name!r} (objective {s.arm.objective}) stopped at step {self.step}: "
+    def _nonfinite(self, s: ArmState, what: str, value: str, step: int) -> None:
+        """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event of
+        its first bad step ``step``. Under ``stop_run`` nothing is printed here: the run ends with one
+        error line of its own."""
+        msg = (f"arm {s.name!r} (objective {s.arm.objective}) stopped at step {step}: "
                f"non-finite {what} ({value}); its last good weights are kept")
         s.active = False
         s.stop_reason = msg
         if self.is_main and self.cfg["train"]["on_nonfinite"] != "stop_run":
             print(f"repalign: {msg}", file=sys.stderr)
-        self.log_row({"kind": "event", "step": self.step, "arm": s.name, "message": msg})
+        self.log_row({"kind": "event", "step": step, "arm": s.name, "message": msg})
 
     def close(self) -> None:
-        """Release the run directory's lock (:meth:`fit` does this when it ends; idempotent)."""
+        """Release the run directory's lock and the data loaders' worker processes (:meth:`fit` does
+        this when it ends; idempotent)."""
+        for stream in self.streams.values():
+            stream.pop("loader", None)
         if self.run is not None:
             self.run.close()
 
