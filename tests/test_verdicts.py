@@ -1,0 +1,104 @@
+"""Per-claim verdicts (issue 9): each rule decides correctly on synthetic figure CSVs with known effects."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from repalign.experiments import verdicts as vd
+
+SEEDS = [0, 1, 2, 3]
+NOISE = [0.004, -0.003, 0.002, -0.001]  # per-seed jitter, shared by the pairs of a seed
+
+
+def _rows(pairs: dict[tuple[str, str], float], extra: dict | None = None, metric: str = "linear_cka",
+          untrained: float = 0.6, jitter: float = 1.0) -> list[dict]:
+    out = []
+    for s, e in zip(SEEDS, NOISE):
+        for step in (0, 10):
+            for (a, b), v in pairs.items():
+                val = v + jitter * e * (b in ("nscl", "cl_data")) if step == 10 else 0.99
+                out.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": a,
+                            "arm_b": b, metric: val, **(extra or {})})
+            out.append({"kind": "baseline", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": "",
+                        "arm_b": "", metric: untrained, **(extra or {})})
+    return out
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = sorted({k for r in rows for k in r})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_judge_rules():
+    from repalign.analysis.stats import summarize
+
+    assert vd.judge([summarize([0.1, 0.12, 0.11])])[0] == vd.REPRODUCED
+    assert vd.judge([summarize([-0.1, -0.12, -0.11])])[0] == vd.NOT_REPRODUCED
+    assert vd.judge([summarize([0.1, -0.1, 0.05])])[0] == vd.INCONCLUSIVE
+    assert vd.judge([summarize([0.1])])[0] == vd.INCONCLUSIVE  # one seed: no interval
+    assert vd.judge([summarize([0.1, 0.12, 0.11]), summarize([-0.1, -0.12, -0.11])])[0] == vd.NOT_REPRODUCED
+    assert vd.judge([summarize([0.1, 0.12, 0.11]), None])[0] == vd.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("scl,expect", [(0.80, vd.REPRODUCED), (0.95, vd.NOT_REPRODUCED)])
+def test_nscl_most_aligned(tmp_path, scl, expect):
+    rows = _rows({("cl", "nscl"): 0.90, ("cl", "scl"): scl, ("cl", "ce"): 0.85, ("cl", "cl_eps"): 0.97,
+                  ("cl", "cl_data"): 0.88})
+    _write(tmp_path / "fig2" / "fig2.csv", rows)
+    v = vd.verdicts(tmp_path)
+    assert v[0].verdict == expect, v[0]
+    assert "untrained 0.600" in v[0].baselines and "chaos floor 0.970" in v[0].baselines
+    assert v[1].verdict == vd.REPRODUCED  # 0.90 vs noise floor 0.88 on every seed
+    assert "below the chaos floor" in v[1].reason
+    assert v[2].verdict == vd.NOT_RUN and v[6].verdict == vd.NOT_RUN
+
+
+def test_trend_needs_the_margin_over_the_noise_floor(tmp_path):
+    # CL–NSCL rises with C, but the noise floor rises by the same amount → inconclusive, not reproduced
+    rows = []
+    for c, base in ((10, 0.80), (100, 0.90)):
+        rows += _rows({("cl", "nscl"): base, ("cl", "cl_data"): base - 0.02}, {"num_classes": c}, jitter=0.0)
+    for i, r in enumerate(rows):  # independent per-seed noise on the two pairs at each C
+        if r["kind"] == "align" and r["step"] == 10:
+            r["linear_cka"] += 0.003 * ((i * 7) % 5 - 2)
+    _write(tmp_path / "fig3" / "fig3.csv", rows)
+    v = vd.claim_grows_with_c(vd.read_rows(tmp_path / "fig3" / "fig3.csv"))
+    assert v.numbers["raw"]["mean"] == pytest.approx(0.10, abs=0.01)
+    assert v.verdict == vd.INCONCLUSIVE and "noise floor" in v.reason
+    # with a margin that grows too, it is reproduced
+    rows2 = []
+    for c, base, gap in ((10, 0.80, 0.0), (100, 0.90, 0.05)):
+        rows2 += _rows({("cl", "nscl"): base, ("cl", "cl_data"): base - gap}, {"num_classes": c})
+    assert vd.claim_grows_with_c(rows2).verdict == vd.REPRODUCED
+    # falling with τ → not reproduced
+    rows3 = []
+    for t, base in ((0.1, 0.95), (1.0, 0.85)):
+        rows3 += _rows({("cl", "nscl"): base, ("cl", "cl_data"): 0.8}, {"tau": t})
+    assert vd.claim_grows_with_tau(rows3).verdict == vd.NOT_REPRODUCED
+
+
+def test_batch_rule_and_weights_and_loss_gap():
+    rows = []
+    for opt in ("lars", "sgd"):
+        for rule in ("linear", "sqrt"):
+            for b, lin, sq in ((64, 0.95, 0.90), (256, 0.90, 0.95)):
+                rows += _rows({("cl", "nscl"): lin if rule == "linear" else sq},
+                              {"optimizer": opt, "lr_rule": rule, "batch_size": b})
+    v = vd.claim_batch_rule(rows)
+    assert v.verdict == vd.REPRODUCED and v.numbers["lars_linear"]["mean"] == pytest.approx(0.05, abs=1e-9)
+    w = _rows({("cl", "nscl"): 80.0, ("cl", "cl_eps"): 60.0}, metric="weight_angle_deg")
+    r = _rows({("cl", "nscl"): 20.0}, metric="repr_angle_deg")
+    assert vd.claim_weights_diverge(w + r).verdict == vd.REPRODUCED
+    gap = [{"gap": 0.1, "bound": 0.5}, {"gap": 0.0, "bound": 0.2}]
+    assert vd.claim_loss_gap(gap).verdict == vd.REPRODUCED
+    assert vd.claim_loss_gap(gap + [{"gap": 0.6, "bound": 0.5}]).verdict == vd.NOT_REPRODUCED
+
+
+def test_markdown_has_one_row_per_claim(tmp_path):
+    text = vd.markdown(vd.verdicts(tmp_path))
+    assert text.count("\n| ") == 7 and text.count("not run") == 7
