@@ -89,6 +89,14 @@ SCHEMA: dict[str, Key] = {
     "data.max_per_class": Key(INT, None, _ge(1), nullable=True, doc="seeded train subset per class"),
     "data.test_max_per_class": Key(INT, None, _ge(1), nullable=True),
     "data.augment": Key(STR, "auto", _choice("auto", "simclr_cifar", "simclr_imagenet", "simclr_gray", "none")),
+    "data.augment_device": Key(STR, "auto", _choice("auto", "cpu", "cuda", "batched"),
+                               doc="where training views are augmented: cpu = per sample in the DataLoader workers "
+                                   "(or the main process); cuda = batched on the GPU from the raw uint8 batch, the "
+                                   "workers only load images and draw each view's random parameters, identical to "
+                                   "cpu's (same (seed, epoch, index, view) generators); pixels differ only by the "
+                                   "resized crop's float32 interpolation (≤ 1 grey level after the crop, a few after "
+                                   "the colour ops); auto = cuda when the training device is CUDA, else cpu; batched "
+                                   "= the cuda code on the training device, whatever it is (CPU tests)"),
     "data.views": Key(INT, 2, _ge(2), doc="K views per sample"),
     "data.image_size": Key(INT, None, _ge(4), nullable=True),
     "data.balanced": Key(BOOL, False, doc="class-balanced batches"),

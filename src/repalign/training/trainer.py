@@ -25,6 +25,7 @@ from repalign.config import ConfigError
 from repalign.errors import DataError
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
+from repalign.data.batched_views import BatchedViews
 from repalign.losses import dcl_loss, nscl_loss
 from repalign.losses.functional import loss_gap_bound_from_counts
 from repalign.losses.functional import unchecked_inputs
@@ -97,6 +98,19 @@ def _device(cfg: Mapping[str, Any]) -> torch.device:
             raise ValueError("config key 'train.device': cuda requested but no CUDA device is available")
         return torch.device("cuda", dist_utils.local_rank())
     return torch.device("cpu")
+
+
+def _augment_device(cfg: Mapping[str, Any], device: torch.device) -> torch.device | None:
+    """Where training views are augmented (``data.augment_device``): the training device for the
+    batched path, ``None`` for the per-sample CPU path in the loader."""
+    want = cfg["data"].get("augment_device", "auto")
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("config key 'data.augment_device': cuda requested but no CUDA device is available")
+        if device.type != "cuda":
+            raise ConfigError(f"config key 'data.augment_device': cuda needs CUDA training, but the training device is {device.type}")
+        return device
+    return device if want == "batched" or (want == "auto" and device.type == "cuda") else None
 
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
@@ -295,6 +309,10 @@ class CoupledTrainer:
                         _recipe(d["augment"], self.image_size), self.image_size, self.channels, self.num_views,
                         seed=dseed, mean=self.train_source.mean, std=self.train_source.std),
                 }
+        #: device of the batched view augmentation (None: per sample on the CPU, in the loader)
+        self.augment_device = _augment_device(cfg, self.device)
+        for st in self.streams.values():
+            st["batched"] = BatchedViews(st["transform"]) if self.augment_device is not None else None
         self.steps_per_epoch = len(self.streams["shared" if "shared" in self.streams else next(iter(self.streams))]["sampler"])
         if self.steps_per_epoch < 1:
             raise ConfigError("config key 'train.batch_size': larger than the training set; no full batch")
@@ -485,9 +503,19 @@ class CoupledTrainer:
             nw = self.cfg["data"]["num_workers"]
             loader = stream["loader"] = make_train_loader(
                 self.train_source, stream["transform"], sampler, num_workers=nw, pin_memory=self.pin_memory,
+                raw=stream["batched"] is not None,
                 persistent_workers=self.persistent_workers and nw > 0,
                 shard=(self.rank, self.world) if self.world > 1 else None)
-        return iter(loader)
+        if stream["batched"] is None:
+            return iter(loader)
+        return (self._device_views(stream, b) for b in loader)
+
+    def _device_views(self, stream: dict[str, Any], batch: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw loader batch ``(images uint8 [B,C,H,W], params, labels [B], indices [B])`` →
+        ``(views float32 [K,B,C,S,S] on the augment device, labels, indices)``: the views are made
+        batched on the device (``data.augment_device``) with the parameters the workers drew."""
+        imgs, params, labels, idx = batch
+        return stream["batched"](imgs.to(self.augment_device, non_blocking=True), params), labels, idx
 
     def _eval_steps(self) -> set[int]:
         from repalign.training.evaluate import eval_steps
@@ -856,7 +884,9 @@ class CoupledTrainer:
         """Release the run directory's lock and the data loaders' worker processes (:meth:`fit` does
         this when it ends; idempotent)."""
         for stream in self.streams.values():
-            stream.pop("loader", None)
+            loader = stream.pop("loader", None)
+            if loader is not None:
+                loader.close()
         if self.run is not None:
             self.run.close()
 
