@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from repalign.config import load_config
-from repalign.experiments import theory
+from repalign.analysis import theory
 from repalign.report import plots, reference, write_report
 
 ARMS = ("{cl: {objective: cl}, nscl: {objective: nscl}, scl: {objective: scl}, ce: {objective: ce}, "

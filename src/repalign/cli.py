@@ -26,14 +26,15 @@ DESCRIPTION = ("Coupled training of several contrastive objectives under shared 
 def summary_table(run_dir: str | Path) -> str:
     """Plain-text summary: per arm the last loss and kNN accuracy; per compared pair the last
     test-split alignment (layer h); the CL arm's last per-batch loss gap and its bound."""
-    from repalign.training.rundir import read_metrics
+    from repalign.results import latest_rows, read_rows
 
-    rows = list(read_metrics(Path(run_dir) / "metrics.jsonl"))
-    last_train = {r["arm"]: r for r in rows if r["kind"] == "train"}
-    knn = {r["arm"]: r["knn_acc"] for r in rows
-           if r["kind"] == "eval" and r.get("split") == "test" and "knn_acc" in r}
-    align = {(r["arm_a"], r["arm_b"]): r for r in rows
-             if r["kind"] == "align" and r.get("split") == "test" and r.get("layer", "h") == "h"}
+    rows = read_rows(run_dir)
+    last_train = latest_rows((r for r in rows if r["kind"] == "train"), key=lambda r: r["arm"])
+    knn = {arm: r["knn_acc"] for arm, r in latest_rows(
+        (r for r in rows if r["kind"] == "eval" and r.get("split") == "test" and "knn_acc" in r),
+        key=lambda r: r["arm"]).items()}
+    align = latest_rows((r for r in rows if r["kind"] == "align" and r.get("split") == "test"
+                         and r.get("layer", "h") == "h"), key=lambda r: (r["arm_a"], r["arm_b"]))
     fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
     head = f"{'arm':<12} {'objective':<9} {'loss':>8} {'kNN acc':>8}"
     lines = [head, "-" * len(head)]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from repalign.errors import UserError
+from repalign.results import read_meta
 
 FORMAT = "repalign-encoder-v1"
 
@@ -34,7 +35,7 @@ def _arm_cfg(run_dir: Path, arm: str) -> tuple[dict[str, Any], Any, dict[str, An
     arms = {a.name: a for a in resolve_arms(cfg)}
     if arm not in arms:
         raise UserError(f"--arm: no arm {arm!r} in {str(run_dir)!r} (arms: {', '.join(arms)})")
-    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
+    meta = read_meta(run_dir)
     return cfg, arms[arm], meta
 
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 from repalign.analysis.stats import paired_difference, summarize, verdict
+from repalign.results import last_steps
 
 __all__ = ["AGG_ID", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
 
@@ -60,11 +61,7 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
 
 def final_step(rows: Iterable[Mapping[str, Any]]) -> dict[Any, int]:
     """Per seed, the last evaluation step among ``align`` rows."""
-    out: dict[Any, int] = {}
-    for r in rows:
-        if r.get("kind") == "align":
-            out[_seed(r)] = max(out.get(_seed(r), -1), int(r["step"]))
-    return out
+    return {seed: int(step) for seed, step in last_steps((r for r in rows if r.get("kind") == "align"), _seed).items()}
 
 
 def pair_values(rows: Iterable[Mapping[str, Any]], metric: str, split: str, layer: str,

@@ -13,7 +13,6 @@ CKA lower bound (Cor. 1): ``CKA_T ≥ (1 − ρ_T)/(1 + ρ_T)`` with ρ the meas
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -111,11 +110,6 @@ def cumulative_lr_from_rows(train_rows: Sequence[Mapping[str, Any]], arm: str, s
     return np.asarray(out)
 
 
-def _meta(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "meta.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
 def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
                 pair: tuple[str, str] | None = None, split: str = "test", layer: str = "h") -> list[dict[str, Any]]:
     """Measured similarity gap / CKA of one arm pair over training with both theory curves.
@@ -182,8 +176,8 @@ def run_theory_rows(run_dir: str | Path, **kw: Any) -> list[dict[str, Any]]:
     """:func:`theory_rows` of a run directory (reads config.yaml, meta.json, metrics.jsonl)."""
     import yaml
 
-    from repalign.training.rundir import read_metrics
+    from repalign.results import read_meta, read_rows
 
     d = Path(run_dir)
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    return theory_rows(list(read_metrics(d / "metrics.jsonl")), cfg, _meta(d), **kw)
+    return theory_rows(read_rows(d), cfg, read_meta(d), **kw)

@@ -142,7 +142,7 @@ def markdown(settings: Sequence[Mapping[str, Any]], group_keys: Sequence[str]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from repalign.experiments.sweep import load_sweep_state, read_summary
+    from repalign.results import load_sweep_state, read_summary
 
     p = argparse.ArgumentParser(prog="python -m repalign.experiments.calibration",
                                 description="Apply the calibration selection rule to sweep directories.")

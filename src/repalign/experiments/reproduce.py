@@ -32,10 +32,11 @@ import numpy as np
 
 from repalign.config import ConfigError
 from repalign.experiments import FIGURES
-from repalign.experiments.sweep import SweepSpec, expand, load_spec, point_status, read_summary, run_sweep
-from repalign.experiments.theory import THEORY_NOTE, theory_rows
+from repalign.analysis.theory import THEORY_NOTE, theory_rows
+from repalign.experiments.sweep import SweepSpec, expand, load_spec, run_sweep
 from repalign.report import plots
 from repalign.report import reference as ref
+from repalign.results import last_steps, point_status, read_rows, read_summary
 
 SCALES = ("tiny", "cpu", "paper")
 #: Seeds per scale: every compared value carries a 95 % interval over these (issue 8/9); paper scale
@@ -414,9 +415,7 @@ def _final_table(ctx: Context, rows: Sequence[Mapping[str, Any]], group_keys: Se
 
     al = [r for r in rows if r.get("layer", "h") == "h" and r.get("kind", "align") == "align"]
     keyf = lambda r: (r.get("dataset"), *(r.get(k) for k in group_keys), r["arm_a"], r["arm_b"], r["split"])  # noqa: E731
-    last: dict[tuple, int] = {}
-    for r in al:
-        last[keyf(r)] = max(last.get(keyf(r), -1), r["step"])
+    last = last_steps(al, keyf)
     acc: dict[tuple, dict[str, list[float]]] = {}
     for r in al:
         k = keyf(r)
@@ -524,10 +523,7 @@ def _theory(ctx: Context, group_key: str | None) -> list[dict[str, Any]]:
 
                 cfg = yaml.safe_load((d / "config.yaml").read_text())
                 meta = json.loads((d / "meta.json").read_text())
-                from repalign.training.rundir import read_metrics
-
-                allrows = list(read_metrics(d / "metrics.jsonl"))
-                for t in theory_rows(allrows, cfg, meta, pair=("cl", "nscl"), split="test"):
+                for t in theory_rows(read_rows(d), cfg, meta, pair=("cl", "nscl"), split="test"):
                     t.update({"dataset": plan.label, "seed": prow[0].get("seed")})
                     for k in ("tau", "num_classes", "batch_size", "lr_rule"):
                         if k in prow[0]:

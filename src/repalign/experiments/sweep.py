@@ -48,11 +48,11 @@ import yaml
 
 from repalign.config import ConfigError, dump_config, load_config, parse_override, resolve_config_path
 from repalign.errors import UserError
+from repalign.results import DONE, load_sweep_state, point_status, read_rows, read_summary
 from repalign.training.lock import describe as describe_holder
 from repalign.training.lock import holder as lock_holder
 from repalign.training.rundir import clear_run_dir
 
-DONE = "DONE"
 SUMMARY_KINDS = ("align", "baseline", "eval", "lossgap", "weight")
 FIRST_COLUMNS = ["kind", "epoch", "step", "split", "layer", "arm_a", "arm_b", "arm"]
 SPEC_KEYS = {"base", "overrides", "grid", "product", "out", "processes", "launcher", "slurm", "name",
@@ -235,18 +235,6 @@ def check_data_root(cfg: Mapping[str, Any]) -> None:
     check(cfg)
 
 
-def point_status(run_dir: Path) -> str:
-    """``done`` (DONE marker), ``partial`` (checkpoint, no marker), ``stale`` (files, no checkpoint) or ``new``."""
-    if (run_dir / DONE).exists():
-        return "done"
-    ck = run_dir / "checkpoints"
-    if (ck / "last.pt").exists() or (ck / "last.prev.pt").exists():
-        return "partial"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        return "stale"
-    return "new"
-
-
 def _mark_done(run_dir: Path, point: Point, seconds: float) -> None:
     (run_dir / DONE).write_text(json.dumps({"values": point.values, "seconds": round(seconds, 3),
                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
@@ -346,11 +334,6 @@ def _state(spec: SweepSpec, points: Sequence[Point], out: Path) -> dict[str, Any
 
 def write_state(spec: SweepSpec, points: Sequence[Point], out: Path) -> None:
     (out / "sweep.json").write_text(json.dumps(_state(spec, points, out), indent=2))
-
-
-def load_sweep_state(out: str | Path) -> dict[str, Any]:
-    p = Path(out) / "sweep.json"
-    return json.loads(p.read_text()) if p.exists() else {"spec": {}, "grid_keys": [], "points": []}
 
 
 def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
@@ -484,14 +467,12 @@ TIMING_KEYS = frozenset({"wall_s", "samples_per_s"})
 
 def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -> list[dict[str, Any]]:
     """``align``/``eval``/``lossgap`` rows of every finished point, each with ``point`` and the grid values."""
-    from repalign.training.rundir import read_metrics
-
     rows: list[dict[str, Any]] = []
     for p in points:
         rd = out / "points" / p.slug
         if point_status(rd) != "done" or not (rd / "metrics.jsonl").exists():
             continue
-        prow = sorted((r for r in read_metrics(rd / "metrics.jsonl") if r.get("kind") in SUMMARY_KINDS),
+        prow = sorted((r for r in read_rows(rd) if r.get("kind") in SUMMARY_KINDS),
                       key=lambda r: r.get("step", 0))
         for r in prow:
             r = {k: v for k, v in r.items() if k not in TIMING_KEYS}  # keep the summary deterministic
@@ -541,25 +522,3 @@ def write_aggregates(out: Path, rows: Sequence[Mapping[str, Any]], group_keys: S
     _write_csv(p2, comp, [*group_keys, "split", "layer", "step", "metric", "pair", "versus", "versus_role", "n",
                           "diff_mean", "diff_std", "ci_lo", "ci_hi", "level", "verdict"])
     return p1, p2
-
-
-def read_summary(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``summary.csv`` with numbers parsed (empty cells → ``None``)."""
-    out = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            out.append({k: _parse_cell(v) for k, v in r.items()})
-    return out
-
-
-def _parse_cell(v: str) -> Any:
-    if v == "":
-        return None
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    if v in ("True", "False"):
-        return v == "True"
-    return v

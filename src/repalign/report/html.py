@@ -18,6 +18,8 @@ import yaml
 
 from repalign.report import plots
 from repalign.report import reference as ref
+from repalign.results import (is_run_dir, last_steps, latest_rows, load_sweep_state, read_config, read_meta, read_rows,
+                              read_summary)
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
@@ -75,17 +77,6 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
             "</p></body></html>")
 
 
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    from repalign.training.rundir import read_metrics
-
-    p = Path(run_dir) / "metrics.jsonl"
-    return list(read_metrics(p)) if p.exists() else []
-
-
-def _read_yaml(p: Path) -> dict[str, Any]:
-    return yaml.safe_load(p.read_text()) or {} if p.exists() else {}
-
-
 def _read_json(p: Path) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.exists() else {}
 
@@ -108,22 +99,13 @@ def _is_control(cfg: Mapping[str, Any], arm: str) -> bool:
 
 def final_align(rows: Sequence[Mapping[str, Any]], split: str, layer: str = "h") -> dict[tuple[str, str], dict[str, Any]]:
     """Last ``align`` row per arm pair for a split/layer."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
-        if r.get("kind") == "align" and r.get("split") == split and r.get("layer", "h") == layer:
-            k = (r["arm_a"], r["arm_b"])
-            if k not in out or r["step"] >= out[k]["step"]:
-                out[k] = r
-    return out
+    return latest_rows((r for r in rows if r.get("kind") == "align" and r.get("split") == split
+                        and r.get("layer", "h") == layer), key=lambda r: (r["arm_a"], r["arm_b"]))
 
 
 def _final_baseline(rows: Sequence[Mapping[str, Any]], split: str, layer: str) -> Mapping[str, Any] | None:
-    last = None
-    for r in rows:
-        if r.get("kind") == "baseline" and r.get("split") == split and r.get("layer", "h") == layer:
-            if last is None or r["step"] >= last["step"]:
-                last = r
-    return last
+    return latest_rows((r for r in rows if r.get("kind") == "baseline" and r.get("split") == split
+                        and r.get("layer", "h") == layer), key=lambda r: None).get(None)
 
 
 CONTROL_LABEL = {"chaos": "chaos floor", "noise_data": "noise floor (own data)", "noise_seed": "noise floor (own seed)"}
@@ -327,16 +309,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Report of one run directory → ``out_dir/report.html`` (default ``RUN_DIR/report/``)."""
     from repalign.analysis import findings
-    from repalign.experiments.theory import THEORY_NOTE, theory_rows
+    from repalign.analysis.theory import THEORY_NOTE, theory_rows
 
     d = Path(run_dir)
-    if not (d / "metrics.jsonl").exists():
+    if not is_run_dir(d):
         raise ValueError(f"run_dir {str(d)!r} holds no metrics.jsonl (not a run directory)")
     out = Path(out_dir) if out_dir is not None else d / "report"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    cfg, meta, rows = _read_yaml(d / "config.yaml"), _read_json(d / "meta.json"), read_rows(d)
+    cfg, meta, rows = read_config(d), read_meta(d), read_rows(d)
     align = [r for r in rows if r.get("kind") in ("align", "baseline")]
     figs: list[tuple[str, str, Any]] = [
         ("alignment", "Alignment between arm pairs over training, layer h (encoder output): train (solid) and test "
@@ -399,7 +381,6 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     Findings per condition (seeds pooled, with 95 % intervals), final values with CIs, figures with
     mean ± CI bands, controls shaded."""
     from repalign.analysis import findings, summarize
-    from repalign.experiments.sweep import load_sweep_state, read_summary
 
     d = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else d / "report"
@@ -427,11 +408,8 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
                             "Weight gap (all conditions pooled per pair) with the exponential-phase fit."))
     # final values per condition × pair (test split, layer h): mean [95 % CI] over seeds
     fin = []
-    last_step: dict[tuple, int] = {}
-    for r in align:
-        if r.get("kind") == "align":
-            k = tuple(r.get(c) for c in varying) + (r.get("seed"),)
-            last_step[k] = max(last_step.get(k, -1), int(r["step"]))
+    last_step = last_steps((r for r in align if r.get("kind") == "align"),
+                           key=lambda r: tuple(r.get(c) for c in varying) + (r.get("seed"),))
     cells: dict[tuple, list[float]] = {}
     for r in align:
         if r.get("split") != "test" or r.get("layer", "h") != "h" or r.get("linear_cka") is None:
@@ -503,7 +481,7 @@ def write_report(path: str | Path) -> Path:
         return manifest_report(d)
     from repalign.training.rundir import write_locked_output  # one writer; a failure keeps the old report/
 
-    if (d / "metrics.jsonl").exists():
+    if is_run_dir(d):
         return write_locked_output(d, "report", run_report)
     if (d / "sweep.json").exists() or (d / "summary.csv").exists() or (d / "points").is_dir():
         return write_locked_output(d, "report", sweep_report)

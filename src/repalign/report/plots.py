@@ -416,7 +416,7 @@ def plot_knn(rows: Iterable[Mapping[str, Any]], metric: str = "knn_acc") -> Figu
 
 # --------------------------------------------------------------------------- theory
 def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None, log_epoch: bool = False) -> Figure:
-    """Theory overlay from :func:`repalign.experiments.theory.theory_rows` rows.
+    """Theory overlay from :func:`repalign.analysis.theory.theory_rows` rows.
 
     Left: measured similarity gap (solid) and the main bound's shape normalised at the first
     evaluation after epoch 0 (dashed), log y. Right: measured CKA (solid) and the lower bound

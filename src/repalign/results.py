@@ -1,0 +1,143 @@
+"""The one reader of results: run directories, sweep directories and "the last row per key".
+
+Run directory (``repalign train``)::
+
+    RUN_DIR/config.yaml  meta.json  metrics.jsonl  checkpoints/last.pt …
+
+Sweep directory (``repalign sweep``)::
+
+    OUT/sweep.json  summary.csv  points/<slug>/ (a run directory, plus DONE when finished)
+
+* :func:`read_rows`, :func:`read_config`, :func:`read_meta`, :func:`is_run_dir` — one run directory
+  (``metrics.jsonl`` parsed by :func:`repalign.training.rundir.read_metrics`, which drops a torn last line);
+* :func:`point_status`, :func:`load_sweep_state`, :func:`read_summary` — a sweep directory;
+* :func:`latest_rows`, :func:`last_steps`, :func:`rows_at_last_step` — "last row per key" over rows of
+  either (highest ``step``; of rows with the same step the later one wins, so on the step-ordered rows
+  of a ``metrics.jsonl`` it is the last row written).
+
+Pure reading: nothing here writes, and a missing file gives an empty result, not an error.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Mapping, TypeVar
+
+__all__ = ["DONE", "read_rows", "read_config", "read_meta", "is_run_dir", "point_status", "load_sweep_state",
+           "read_summary", "parse_cell", "latest_rows", "last_steps", "rows_at_last_step"]
+
+#: marker file of a finished sweep point (``points/<slug>/DONE``)
+DONE = "DONE"
+
+Row = Mapping[str, Any]
+R = TypeVar("R", bound=Mapping[str, Any])
+K = TypeVar("K", bound=Hashable)
+
+
+# ----------------------------------------------------------------------------------------------
+# run directories
+# ----------------------------------------------------------------------------------------------
+def read_rows(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``RUN_DIR/metrics.jsonl`` in file order (only ``kind`` rows when given); ``[]`` when the
+    file does not exist."""
+    from repalign.training.rundir import read_metrics
+
+    p = Path(run_dir) / "metrics.jsonl"
+    return list(read_metrics(p, kind)) if p.exists() else []
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/config.yaml`` as a mapping (``{}`` when absent or empty)."""
+    p = Path(run_dir) / "config.yaml"
+    if not p.exists():
+        return {}
+    import yaml
+
+    return yaml.safe_load(p.read_text()) or {}
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/meta.json`` (``{}`` when absent)."""
+    p = Path(run_dir) / "meta.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``metrics.jsonl``."""
+    return (Path(path) / "metrics.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep directories
+# ----------------------------------------------------------------------------------------------
+def point_status(run_dir: str | Path) -> str:
+    """``done`` (DONE marker), ``partial`` (checkpoint, no marker), ``stale`` (files, no checkpoint) or ``new``."""
+    run_dir = Path(run_dir)
+    if (run_dir / DONE).exists():
+        return "done"
+    ck = run_dir / "checkpoints"
+    if (ck / "last.pt").exists() or (ck / "last.prev.pt").exists():
+        return "partial"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "stale"
+    return "new"
+
+
+def load_sweep_state(out: str | Path) -> dict[str, Any]:
+    """``OUT/sweep.json`` (spec, grid keys, points with their slugs, values and done flags); an empty
+    state when absent."""
+    p = Path(out) / "sweep.json"
+    return json.loads(p.read_text()) if p.exists() else {"spec": {}, "grid_keys": [], "points": []}
+
+
+def read_summary(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``summary.csv`` with numbers parsed (empty cells → ``None``, see :func:`parse_cell`)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out.append({k: parse_cell(v) for k, v in r.items()})
+    return out
+
+
+def parse_cell(v: str) -> Any:
+    """A CSV cell as written by the sweep summary: ``""`` → ``None``, then int, float, bool, else the string."""
+    if v == "":
+        return None
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    if v in ("True", "False"):
+        return v == "True"
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# last row per key
+# ----------------------------------------------------------------------------------------------
+def latest_rows(rows: Iterable[R], key: Callable[[R], K], step: str = "step") -> dict[K, R]:
+    """``{key(row): the row with the highest step}`` (ties: the later row), in first-seen key order."""
+    out: dict[K, R] = {}
+    for r in rows:
+        k = key(r)
+        if k not in out or r[step] >= out[k][step]:
+            out[k] = r
+    return out
+
+
+def last_steps(rows: Iterable[Row], key: Callable[[Row], K], step: str = "step") -> dict[K, Any]:
+    """``{key(row): highest step among its rows}``."""
+    out: dict[K, Any] = {}
+    for r in rows:
+        k = key(r)
+        out[k] = r[step] if k not in out else max(out[k], r[step])
+    return out
+
+
+def rows_at_last_step(rows: Iterable[R], key: Callable[[R], K], step: str = "step") -> list[R]:
+    """The rows whose step is the highest step of their key (all of them, in order)."""
+    rows = list(rows)
+    last = last_steps(rows, key, step)
+    return [r for r in rows if r[step] == last[key(r)]]
