@@ -5,6 +5,8 @@ here the same code runs on CPU tensors (``augment_device: batched`` in the train
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
@@ -243,3 +245,45 @@ def test_trainer_batched_path_deterministic_and_resumable(tiny_cfg, tmp_path):
     for a, b in zip(seen_cpu, seen_full[:2]):
         d = _levels(a, b, std=full.train_source.std[0]).round()
         assert float(d.max()) <= MAX_LEVEL_DIFF and float((d <= 1).float().mean()) >= 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# on the GPU (pytest -m cuda, run by make gpu-check; REPALIGN_CUDA_TEST_DEVICE=cpu runs the code)
+# ---------------------------------------------------------------------------------------------
+_DEVICE = os.environ.get("REPALIGN_CUDA_TEST_DEVICE", "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_DEVICE == "cuda" and not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+def test_batched_on_device_matches_cpu_and_is_deterministic():
+    """The batched path on the device vs the same code on the CPU: crops before rounding within
+    1e-3 (float summation order), whole views within MAX_LEVEL_DIFF with >= 99% of the values
+    equal up to 1 grey level; bitwise repeatable and batch-composition independent on the
+    device; unaffected by the global TF32 switch (restored afterwards)."""
+    dev = torch.device(_DEVICE)
+    for recipe, C, H, S in RECIPE_CASES:
+        tf = MultiViewTransform(recipe, S, C, num_views=2, seed=13)
+        B = 64
+        imgs = _images(B, C, H, seed=6)
+        p = batch_params(tf, range(B), 0, H, H)
+        bv = BatchedViews(tf)
+        on_cpu = bv(imgs, p)
+        on_dev = bv(imgs.to(dev), p)
+        assert on_dev.device.type == dev.type
+        crop_cpu, crop_dev = bv.crop_float(imgs, p["crop"]), bv.crop_float(imgs.to(dev), p["crop"]).cpu()
+        assert float((crop_cpu - crop_dev).abs().max()) <= 1e-3
+        d = _levels(on_dev.cpu(), on_cpu).round()
+        assert float(d.max()) <= MAX_LEVEL_DIFF and float((d <= 1).float().mean()) >= 0.99, recipe
+        assert torch.equal(bv(imgs.to(dev), p), on_dev)
+        sub = [9, 3, 40]
+        small = bv(imgs[sub].to(dev), batch_params(tf, sub, 0, H, H))
+        assert all(torch.equal(small[:, j], on_dev[:, i]) for j, i in enumerate(sub))
+        if dev.type == "cuda":
+            before = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                assert torch.equal(bv(imgs.to(dev), p), on_dev)
+                assert torch.backends.cuda.matmul.allow_tf32 is True
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before

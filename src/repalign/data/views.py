@@ -26,6 +26,10 @@ are applied to the whole batch at once (bitwise identical to per-image applicati
 touches the global RNG, so views do not depend on global seeding, call order, worker count, or
 batch composition. Order per view: crop -> colour jitter -> grayscale -> blur -> flip -> float ->
 normalise.
+
+The batched device path (``data.augment_device: cuda``) is :mod:`repalign.data.batched_views`: it
+draws the very same parameters through :func:`view_params` and applies them to a whole batch on
+the GPU.
 """
 from __future__ import annotations
 
