@@ -121,6 +121,15 @@ class TrainLoader:
     def __len__(self) -> int:
         return self.sampler.remaining()
 
+    def close(self) -> None:
+        """Shut the worker processes down now (persistent workers otherwise live until garbage
+        collection — and a forked worker holds whatever file locks its parent held). Idempotent;
+        iterating again starts new workers."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 

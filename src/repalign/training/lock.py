@@ -190,6 +190,10 @@ class RunLock:
         except OSError:
             pass
         finally:
+            try:  # unlock the open file description itself: a forked child (a DataLoader worker) shares it
+                fcntl.flock(entry.fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
             os.close(entry.fd)
 
     def _only_skeleton(self) -> bool:
