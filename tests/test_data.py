@@ -536,6 +536,42 @@ def test_train_loader_resume_mid_epoch():
         assert torch.equal(ia, ib) and torch.equal(va, vb)
 
 
+def test_train_loader_persistent_workers_across_epochs_and_resume():
+    """One loader with persistent workers (num_workers=2) for several epochs — as the trainer keeps one per
+    stream —, left mid-epoch and resumed from its state: every batch equals num_workers=0's."""
+    src = build_source("digits", "train", seed=0, max_per_class=8)
+    tf = MultiViewTransform("simclr_cifar", 8, 1, 2, seed=1)
+    ref_s = SeededBatchSampler(src.labels, 10, seed=1)
+    ref = make_train_loader(src, tf, ref_s, num_workers=0)
+    want = {}
+    for e in (0, 1, 2):
+        ref.set_epoch(e)
+        want[e] = list(ref)
+    s = SeededBatchSampler(src.labels, 10, seed=1)
+    ld = make_train_loader(src, tf, s, num_workers=2, persistent_workers=True)
+    assert ld.loader.persistent_workers
+    got = {}
+    for e in (0, 1):  # across an epoch boundary with the same worker processes
+        ld.set_epoch(e)
+        got[e] = list(ld)
+    workers = ld.loader._iterator._workers
+    ld.set_epoch(2)
+    it = iter(ld)
+    got[2] = [next(it) for _ in range(3)]
+    assert ld.loader._iterator._workers is workers  # the processes were kept, not re-forked
+    state = ld.state_dict()
+    assert state == {**state, "epoch": 2, "consumed": 3}
+    ld.close()
+    ld.close()  # idempotent
+    ld.load_state_dict(state)  # resume mid-epoch on the same loader: new workers
+    got[2] += list(ld)
+    ld.close()
+    for e in want:
+        assert len(got[e]) == len(want[e]) == len(ref_s)
+        for (va, la, ia), (vb, lb, ib) in zip(got[e], want[e]):
+            assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(va, vb)
+
+
 def test_extract_loader_order():
     src = build_source("digits", "test", seed=0)
     ev = eval_transform(8, 1, src.mean, src.std)
