@@ -225,11 +225,11 @@ def test_trainer_batched_path_deterministic_and_resumable(tiny_cfg, tmp_path):
     """augment_device=batched (the cuda code on CPU tensors): two runs are bit-identical, a run
     killed mid-epoch and resumed ends bit-identical to the uninterrupted one, and its inputs are
     the per-sample path's views within the stated tolerance."""
-    cfg = tiny_cfg(**{"data.augment_device": "batched", "train.epochs": 2})
+    cfg = tiny_cfg(**{"data.augment_device": "batched", "train.epochs": 2, "train.max_steps": 7})
     full, seen_full = _inputs_and_weights(cfg, tmp_path / "full")
-    assert full.augment_device == torch.device("cpu")
+    assert full.augment_device == torch.device("cpu") and full.steps_per_epoch == 5
     again, seen_again = _inputs_and_weights(cfg, tmp_path / "again")
-    assert len(seen_full) == full.steps_per_epoch * 2
+    assert len(seen_full) == len(seen_again) == 7
     assert all(torch.equal(a, b) for a, b in zip(seen_full, seen_again))
     k = full.steps_per_epoch + 1  # stop mid-epoch
     part, seen_part = _inputs_and_weights(cfg, tmp_path / "part", stop_after=k)
