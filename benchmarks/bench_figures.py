@@ -1,4 +1,4 @@
-"""Time every `repalign reproduce FIG --scale cpu` on this machine (the issue's ≤ 20 min per figure).
+"""Time every `repalign reproduce FIG --scale cpu` on this machine (issue 9: ≤ 25 min per figure on 2 cores).
 
 Usage::
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from repalign.experiments.reproduce import FIGURES, reproduce  # noqa: E402
 
-LIMIT_S = 20 * 60
+LIMIT_S = 25 * 60
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "tables": man.get("tables", [])}
         path.write_text(json.dumps(results, indent=2, default=str))
         print(f"{fig}: {secs / 60:.1f} min", flush=True)
-    print("\n| figure | CPU time (min) | ≤ 20 min |\n|---|---|---|")
+    print("\n| figure | CPU time (min) | ≤ 25 min |\n|---|---|---|")
     for fig, r in results["figures"].items():
         print(f"| {fig} | {r['seconds'] / 60:.1f} | {'yes' if r['within_limit'] else 'NO'} |")
     print(f"\nwrote {path}")

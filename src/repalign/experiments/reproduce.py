@@ -7,8 +7,10 @@ gap vs its bound, over training and against C).
 
 Scales:
 - ``tiny``  — seconds; used by the tests (``--tiny``).
-- ``cpu``   — Fashion-MNIST and the ``strokes`` generator with ``small_cnn``, 2 seeds where values
-  are compared; each figure is sized for ≤ 20 min on 2 CPU cores (timed in ``benchmarks/``).
+- ``cpu``   — the regime chosen by the calibration rule (``configs/regime/cpu.yaml``, docs/calibration.md:
+  strokes, C = 100, 40 images per class, ``small_cnn``, 310 steps); every figure changes only its own
+  variable (stated per figure in docs/figures/), 4 seeds, each figure sized for ≤ 25 min on 2 CPU cores
+  (timed in ``benchmarks/``).
 - ``paper`` — the ResNet-50 configs ``configs/*_resnet50.yaml``. Without ``--run`` this writes
   the sweep specs and resolved configs, prints the exact ``torchrun`` commands and the estimated
   GPU-hours; once every point has a ``DONE`` marker it plots them like the CPU scale.
@@ -57,13 +59,18 @@ ARMS_PAIR_CONTROLS = ("{cl: {objective: cl}, nscl: {objective: nscl}, "
                       + CHAOS + "}")
 PAIRS_CONTROLS = "[[cl, nscl], [cl, scl], [cl, ce], [cl, cl_eps], [cl, cl_seed], [cl, cl_data]]"
 PAIRS_PAIR_CONTROLS = "[[cl, nscl], [cl, cl_eps], [cl, cl_seed], [cl, cl_data]]"
+#: CL, NSCL and both references of the regime: chaos floor (upper) and noise floor (lower, other batches/views).
+ARMS_FLOORS = "{cl: {objective: cl}, nscl: {objective: nscl}, cl_data: {same_as: cl, data_seed: 1002}, " + CHAOS + "}"
+PAIRS_FLOORS = "[[cl, nscl], [cl, cl_eps], [cl, cl_data]]"
+#: Base config per scale: the CPU figures start from the calibrated regime (docs/calibration.md).
+BASE = {"tiny": "demo", "cpu": "regime/cpu"}
 
 COMMON = {
     "tiny": ["data.source=digits", "data.augment=simclr_gray", "data.max_per_class=10", "data.test_max_per_class=10", "train.batch_size=32", "train.epochs=2",
              "eval.every=1", "eval.max_train=100", "eval.max_test=100", "model.width=4", "model.projector_hidden=32",
-             "model.projector_out=16", "train.log_every=1", "logging.progress=false", "train.threads=2"],
-    "cpu": ["data.max_per_class=300", "data.test_max_per_class=100", "train.batch_size=256", "eval.max_train=1000",
-            "eval.max_test=1000", "train.log_every=2", "logging.progress=false", "train.threads=2"],
+             "model.projector_out=16", "train.log_every=1", "logging.progress=false", "train.threads=2",
+             "data.num_classes=null", "data.options={}"],
+    "cpu": ["logging.progress=false", "train.threads=2"],
 }
 
 
@@ -277,15 +284,16 @@ def paper_plan(name: str, dataset: str, grid: dict[str, list], overrides: list[s
 
 
 # ---------------------------------------------------------------------------- plans per figure
-def _cpu(scale: str, extra: list[str], grid: dict[str, list], base: str = "demo") -> dict[str, Any]:
-    return {"base": base, "overrides": COMMON[scale] + extra, "grid": grid}
+def _cpu(scale: str, extra: list[str], grid: dict[str, list], base: str | None = None) -> dict[str, Any]:
+    return {"base": base or BASE[scale], "overrides": COMMON[scale] + extra, "grid": grid}
 
 
 def plans_fig1(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 1200)]
-    ep = ["train.epochs=15", "eval.every=1"] if scale == "cpu" else []
-    return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_PAIR}"], {"seed": SEEDS[scale]}))]
+    ep = ["eval.schedule=log", "eval.log_points=12"] if scale == "cpu" else []
+    return [SweepPlan("runs", _label(scale), _cpu(scale, ep + [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"],
+                                                  {"seed": SEEDS[scale]}))]
 
 
 def plans_fig2(scale: str) -> list[SweepPlan]:
@@ -293,14 +301,14 @@ def plans_fig2(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan(ds, ds, {"seed": SEEDS["paper"]}, arms, 7, 1200)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
-    ep = ["train.epochs=10", "eval.schedule=[0,1,2,3,5,7,10]"] if scale == "cpu" else []
-    return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + arms, {"seed": SEEDS[scale]}))]
+    return [SweepPlan("runs", _label(scale), _cpu(scale, arms, {"seed": SEEDS[scale]}))]
 
 
-FIG3_C = {"tiny": [3, 6], "cpu": [5, 10, 50, 100, 200]}
+FIG3_C = {"tiny": [3, 6], "cpu": [10, 50, 100]}
 #: Fig 3 keeps a fixed number of training images per class, as the paper does (all images of the chosen
-#: classes): the number of steps grows with C.
-FIG3_PER_CLASS = {"tiny": 12, "cpu": 20}
+#: classes): the number of steps grows with C. At CPU scale: the regime's 40 images per class; C = 200
+#: (≈ 2× the regime's cost per run) does not fit the 25-minute budget with 4 seeds.
+FIG3_PER_CLASS = {"tiny": 12, "cpu": 40}
 
 
 def plans_fig3(scale: str) -> list[SweepPlan]:
@@ -316,9 +324,9 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
     per_class = FIG3_PER_CLASS[scale]
     plans = []
     for c in FIG3_C[scale]:  # one sweep per C: the strokes options depend on C
-        ep = ["train.epochs=8", "train.batch_size=64", "eval.schedule=log", "eval.log_points=8", "eval.max_train=800",
-              "eval.max_test=800"] if scale == "cpu" else ["train.batch_size=16"]
-        plans.append(SweepPlan(f"C{c}", "strokes", _cpu(scale, ep + arms + strokes_overrides(scale, c, per_class=per_class),
+        ep = [] if scale == "cpu" else ["train.batch_size=16"]  # CPU: the regime's epoch schedule, common to every C
+        plans.append(SweepPlan(f"C{c}", "strokes", _cpu(scale, ep + [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"]
+                                                         + strokes_overrides(scale, c, per_class=per_class),
                                                          {"seed": SEEDS[scale]}), extra={"num_classes": c}))
     return plans
 
@@ -328,9 +336,9 @@ def plans_fig4(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 300)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
-    ep = ["train.epochs=12", "eval.every=2"] if scale == "cpu" else []
-    return [SweepPlan("runs", "fashion_mnist",
-                      _cpu(scale, ep + [f"arms={ARMS_PAIR}"], {"loss.temperature": taus, "seed": SEEDS[scale]}))]
+    ep = ["eval.schedule=[0,1,3,5,10]"] if scale == "cpu" else []
+    return [SweepPlan("runs", _label(scale), _cpu(scale, ep + [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"],
+                                                  {"loss.temperature": taus, "seed": SEEDS[scale]}))]
 
 
 def plans_fig5(scale: str) -> list[SweepPlan]:
@@ -339,30 +347,44 @@ def plans_fig5(scale: str) -> list[SweepPlan]:
         return [paper_plan("mini_imagenet", "mini_imagenet", {"train.batch_size": [256, 512, 1024],
                                                               "optim.lr_rule": rules, "seed": SEEDS["paper"]},
                            [f"arms={ARMS_PAIR}"], 3, 200)]
-    bs = [64, 128, 256] if scale == "cpu" else [16, 32]
-    ep = ["train.epochs=6", "eval.every=2"] if scale == "cpu" else []
-    # the paper trains with LARS; SGD beside it shows whether the ordering depends on the optimiser
-    grid: dict[str, list[Any]] = {"optim.type": ["lars", "sgd"]} if scale == "cpu" else {}
-    grid.update({"train.batch_size": bs, "optim.lr_rule": rules if scale == "cpu" else ["linear", "sqrt"],
-                 "seed": SEEDS[scale]})
-    return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_PAIR}"], grid))]
+    if scale == "tiny":
+        grid: dict[str, list[Any]] = {"train.batch_size": [16, 32], "optim.lr_rule": ["linear", "sqrt"],
+                                      "seed": SEEDS[scale]}
+        return [SweepPlan("runs", _label(scale), _cpu(scale, [f"arms={ARMS_PAIR}"], grid))]
+    # The paper trains with LARS at base lr 0.3 (its own setting); SGD at the regime's lr beside it shows whether
+    # the ordering depends on the optimiser. 2 optimisers × 2 B × 2 rules × 4 seeds = 32 runs: to fit 25 minutes
+    # on 2 cores the figure uses C = 40 classes of the regime's data (1,600 images) — the one stated change.
+    grid = {"train.batch_size": FIG5_B, "optim.lr_rule": ["linear", "sqrt"], "seed": SEEDS[scale]}
+    ov = ["eval.schedule=[0,1,3,10]", "data.num_classes=40", f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"]
+    return [SweepPlan(opt, _label(scale), _cpu(scale, ov + [f"optim.type={opt}", f"optim.lr={lr}"], grid),
+                      extra={"optimizer": opt, "optim.type": opt}) for opt, lr in (("lars", 0.3), ("sgd", 0.1))]
+
+
+FIG5_B = [64, 256]
+
+
+def _label(scale: str) -> str:
+    """Dataset label of a scale's figures (the regime's data at CPU scale)."""
+    return "strokes" if scale == "cpu" else "digits"
 
 
 def plans_weights(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_FOUR}"], 5, 1200)]
-    ep = (["train.epochs=15", "eval.every=1"] if scale == "cpu" else ["train.epochs=3"]) + ["eval.weight_every=1"]
-    return [SweepPlan("runs", "fashion_mnist", _cpu(scale, ep + [f"arms={ARMS_FOUR}"], {"seed": SEEDS[scale]}))]
+    ep = (["eval.schedule=log", "eval.log_points=10"] if scale == "cpu" else ["train.epochs=3"]) + ["eval.weight_every=1"]
+    arms = [] if scale == "cpu" else [f"arms={ARMS_FOUR}"]  # CPU: the regime's six arms (four objectives + floors)
+    return [SweepPlan("runs", _label(scale), _cpu(scale, ep + arms, {"seed": SEEDS[scale]}))]
 
 
 LOSSGAP_C = {"tiny": [2, 5], "cpu": [2, 5, 10, 20, 50, 100, 200]}
 
 
 def plans_lossgap(scale: str) -> list[SweepPlan]:
-    arms = ["arms={cl: {objective: cl}}", "loss.temperature=1.0", "eval.every=null", "train.log_every=1"]
+    arms = ["arms={cl: {objective: cl}}", "loss.temperature=1.0", "eval.every=null", "eval.schedule=null",
+            "train.log_every=1"]
     if scale == "paper":
         return [paper_plan("cifar100", "cifar100", {"data.num_classes": [2, 10, 20, 40, 100], "seed": SEEDS["paper"]},
-                           arms + ["eval.schedule=null"], 1, 300, fraction=lambda v: v["data.num_classes"] / 100)]
+                           arms, 1, 300, fraction=lambda v: v["data.num_classes"] / 100)]
     total = 60 if scale == "tiny" else 2000
     plans = []
     for c in LOSSGAP_C[scale]:
@@ -549,9 +571,9 @@ def make_fig3(ctx: Context) -> None:
         al = _align(rows)
         name = "fig3" if i == 0 else f"fig3_{ds}"
         for split in ("test", "train"):
-            ctx.save(plots.plot_heatmaps(al, "num_classes", pairs=[("cl", "nscl"), ("cl", "cl_eps"), ("cl", "cl_data"),
-                                                                   ("cl", "cl_seed")],
-                                         split=split), name + ("" if split == "test" else "_train"),
+            present = {(r.get("arm_a"), r.get("arm_b")) for r in al}
+            pairs = [p for p in (("cl", "nscl"), ("cl", "cl_eps"), ("cl", "cl_data"), ("cl", "cl_seed")) if p in present]
+            ctx.save(plots.plot_heatmaps(al, "num_classes", pairs=pairs, split=split), name + ("" if split == "test" else "_train"),
                      f"Linear CKA over number of classes C × epoch ({ds}, {split} split, seed mean): CL vs NSCL and "
                      "the controls (cl_eps: chaos floor, 1e-6 perturbation of the same initial weights; cl_data: same "
                      "init, own batches/augmentations; cl_seed: own seed for everything).")
@@ -611,9 +633,10 @@ def make_fig5(ctx: Context) -> None:
             tag = "" if opt is None or opt == opts[0] else f"_{opt}"
             sfx = "" if i == 0 else f"_{ds}"
             what = f"{ds}" + (f", {opt.upper()}" if opt else "")
+            rules = ", ".join(sorted({str(r.get("lr_rule")) for r in al if r.get("lr_rule")}))
             ctx.save(plots.plot_final_vs(al, "batch_size", "lr_rule", reference=None), f"fig5{tag}{sfx}",
-                     f"CL–NSCL alignment at the last evaluation against batch size B for the linear, √B and B^(1/4) "
-                     f"lr rules ({what}); mean and 95 % CI over seeds.")
+                     f"CL–NSCL alignment at the last evaluation against batch size B per lr rule ({rules}; {what}); "
+                     "mean and 95 % CI over seeds.")
             ctx.save(plots.plot_alignment(al, group_key="rule_B", splits=("test",)), f"fig5_curves{tag}{sfx}",
                      f"CL–NSCL alignment over training per (rule, B) ({what}, test); dotted: untrained baseline.")
     al = _align(rows_all)
