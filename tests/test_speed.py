@@ -307,3 +307,29 @@ def test_persistent_workers_equal_main_process_across_epochs_and_resume(tiny_cfg
     assert [r for r in _rows(tmp_path / "ref") if r["kind"] != "event"] == \
         [r for r in _rows(tmp_path / "part") if r["kind"] != "event"]
     assert len(seen) == ref.steps_per_epoch + 2
+
+
+# ---------------------------------------------------------------- on a GPU (make gpu-check runs -m cuda)
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_no_host_sync_in_the_step_on_cuda(tiny_cfg):
+    """On CUDA (auto: flags read every train.log_every steps) a step that does not read the flags makes no
+    host synchronisation at all — torch's sync debug mode raises on any — including the logged step 0
+    with its train and loss-gap rows; the read step (4) makes its one transfer."""
+    tr = CoupledTrainer(tiny_cfg(**{"train.device": "cuda", "train.log_every": 5}), None, evaluator=None)
+    assert tr.nonfinite_check_every == 5 and tr.pin_memory
+    batches = [{k: b for k, b in zip(tr.streams, bs)}
+               for bs in zip(*(list(tr._batches(v, 0, 0))[:5] for v in tr.streams.values()))]
+    torch.cuda.synchronize()
+    rows = []
+    for b in batches:
+        read = (tr.step + 1) % tr.nonfinite_check_every == 0
+        torch.cuda.set_sync_debug_mode("default" if read else "error")
+        try:
+            rows += tr.train_step(b, log=tr.step % 5 == 0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert bool(rows) == read
+        tr.step += 1
+        tr.pos_in_epoch += 1
+    assert {(r["kind"], r["step"]) for r in rows} >= {("train", 0), ("lossgap", 0)}
