@@ -290,7 +290,8 @@ def _cpu(scale: str, extra: list[str], grid: dict[str, list], base: str | None =
 
 def plans_fig1(scale: str) -> list[SweepPlan]:
     if scale == "paper":
-        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 1200)]
+        return [paper_plan("cifar100", "cifar100", {"seed": SEEDS["paper"]},
+                           [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"], 4, 1200)]
     ep = ["eval.schedule=log", "eval.log_points=12"] if scale == "cpu" else []
     return [SweepPlan("runs", _label(scale), _cpu(scale, ep + [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"],
                                                   {"seed": SEEDS[scale]}))]
@@ -334,7 +335,8 @@ def plans_fig3(scale: str) -> list[SweepPlan]:
 def plans_fig4(scale: str) -> list[SweepPlan]:
     taus = [0.1, 0.5, 1.0] if scale != "tiny" else [0.1, 1.0]
     if scale == "paper":
-        return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]}, [f"arms={ARMS_PAIR}"], 3, 300)
+        return [paper_plan(ds, ds, {"loss.temperature": taus, "seed": SEEDS["paper"]},
+                           [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"], 4, 300)
                 for ds in ("cifar100", "tiny_imagenet", "mini_imagenet")]
     ep = ["eval.schedule=[0,1,3,5,10]"] if scale == "cpu" else []
     return [SweepPlan("runs", _label(scale), _cpu(scale, ep + [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"],
@@ -346,7 +348,7 @@ def plans_fig5(scale: str) -> list[SweepPlan]:
     if scale == "paper":
         return [paper_plan("mini_imagenet", "mini_imagenet", {"train.batch_size": [256, 512, 1024],
                                                               "optim.lr_rule": rules, "seed": SEEDS["paper"]},
-                           [f"arms={ARMS_PAIR}"], 3, 200)]
+                           [f"arms={ARMS_FLOORS}", f"pairs={PAIRS_FLOORS}"], 4, 200)]
     if scale == "tiny":
         grid: dict[str, list[Any]] = {"train.batch_size": [16, 32], "optim.lr_rule": ["linear", "sqrt"],
                                       "seed": SEEDS[scale]}
