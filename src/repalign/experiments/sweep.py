@@ -9,7 +9,8 @@ Spec (YAML file or mapping)::
     out: runs/sweeps/classes         # OUT
     processes: 1                     # > 1: that many local `python -m repalign train` subprocesses
     launcher: auto                   # auto (inline if processes == 1 else local) | inline | local | slurm
-    slurm: {partition: gpu, timeout_min: 600, gpus_per_node: 1}   # submitit parameters (extra `slurm`)
+    slurm: {slurm_partition: gpu, timeout_min: 600, gpus_per_node: 4}   # launcher slurm (extra `slurm`): one job
+                                     # per point, one process per GPU, requeued on pre-emption (submit_slurm)
 
 Layout::
 
@@ -241,7 +242,7 @@ def _mark_done(run_dir: Path, point: Point, seconds: float) -> None:
 
 
 def run_point_inline(config_path: str, run_dir: str, resume: bool) -> float:
-    """Train one point in this process (also the function submitted to SLURM); returns seconds."""
+    """Train one point in this process (also what each task of a SLURM job runs); returns seconds."""
     from repalign.training import train
 
     t0 = time.perf_counter()
@@ -428,29 +429,185 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
     return SweepResult(out, summary, ran, skipped, resumed, submitted, busy_points)
 
 
+#: Keys of the spec's ``slurm`` mapping read by repalign itself; every other key is a submitit
+#: parameter (``timeout_min``, ``gpus_per_node``, ``tasks_per_node``, ``nodes``, ``cpus_per_task``, ``mem_gb``,
+#: ``slurm_partition``, ``slurm_account``, ...; see ``submitit.AutoExecutor.update_parameters``).
+SLURM_OWN_KEYS = {"cluster": "slurm", "wait": False, "max_num_timeout": 3, "backend": None}
+
+
+def slurm_settings(spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the spec's ``slurm`` mapping into repalign's own settings and submitit parameters.
+
+    Own settings: ``cluster`` (``slurm``; ``local`` / ``debug`` run the same jobs on this machine
+    through submitit's local executors — what the tests use), ``wait`` (block until every job ended,
+    then write the summary; default false: submit and return), ``max_num_timeout`` (how often a job may
+    be requeued after a time-out, pre-emptions are not counted), ``backend`` (torch.distributed backend;
+    default nccl on CUDA, else gloo). Parameter defaults: one node; ``tasks_per_node`` =
+    ``gpus_per_node`` (one process per GPU) or 1. On ``cluster: slurm`` ``timeout_min`` (or
+    ``slurm_time``) is required, because submitit's default is 5 minutes.
+    """
+    raw = dict(spec.slurm)
+    own = {k: raw.pop(k, d) for k, d in SLURM_OWN_KEYS.items()}
+    if own["cluster"] not in ("slurm", "local", "debug"):
+        raise ConfigError(f"sweep spec key 'slurm.cluster': must be slurm, local or debug, got {own['cluster']!r}")
+    if not isinstance(own["wait"], bool):
+        raise ConfigError(f"sweep spec key 'slurm.wait': must be true or false, got {own['wait']!r}")
+    if not isinstance(own["max_num_timeout"], int) or own["max_num_timeout"] < 0:
+        raise ConfigError(f"sweep spec key 'slurm.max_num_timeout': must be an integer >= 0, got {own['max_num_timeout']!r}")
+    if own["backend"] not in (None, "gloo", "nccl"):
+        raise ConfigError(f"sweep spec key 'slurm.backend': must be gloo or nccl, got {own['backend']!r}")
+    for k in ("nodes", "tasks_per_node", "gpus_per_node", "timeout_min"):
+        v = raw.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "gpus_per_node" else 1)):
+            raise ConfigError(f"sweep spec key 'slurm.{k}': must be a positive integer, got {v!r}")
+    raw.setdefault("nodes", 1)
+    raw.setdefault("tasks_per_node", raw.get("gpus_per_node") or 1)
+    if own["cluster"] == "slurm" and raw.get("timeout_min") is None and raw.get("slurm_time") is None:
+        raise ConfigError("sweep spec key 'slurm.timeout_min': required on cluster slurm (submitit's default is 5 minutes)")
+    if own["cluster"] != "slurm":
+        raw.setdefault("timeout_min", 60)  # the local executor's default is 2 minutes
+    return own, raw
+
+
 def submit_slurm(spec: SweepSpec, items: Sequence[tuple[Point, bool, Path]], out: Path,
                  log: Callable[[str], None]) -> list[str]:
-    """Submit unfinished points as a SLURM job array through submitit (extra ``slurm``); returns job ids.
-    Re-run the sweep after the jobs finish to mark them done and aggregate (DONE is written by
-    :func:`_slurm_entry` on the compute node)."""
+    """Submit every unfinished point as one submitit job (extra ``slurm``); return the job ids.
+
+    Each job runs ``nodes × tasks_per_node`` processes (by default one per GPU); every process sets up
+    ``torch.distributed`` from submitit's job environment and trains the point as ``repalign train
+    --resume-if-possible`` would (:class:`SlurmPoint`). On pre-emption or time-out, SLURM signals the job
+    (``USR2``), submitit calls :meth:`SlurmPoint.checkpoint` and requeues the same call,
+    which resumes from the point's last checkpoint (``train.checkpoint_every``). ``DONE`` is written on
+    the compute node. Without ``slurm.wait`` this returns after submitting: re-run the sweep once the jobs
+    ended to aggregate (finished points are skipped). With ``wait`` it blocks until every job ended and
+    raises :class:`SweepPointError` naming the first failed point. Job folders: ``OUT/slurm/``.
+    """
+    own, params = slurm_settings(spec)
     try:
         import submitit
-    except ImportError as e:  # pragma: no cover - optional extra
-        raise ConfigError("sweep spec key 'launcher': slurm needs the extra `pip install repalign[slurm]` (submitit)") from e
-    ex = submitit.AutoExecutor(folder=str(out / "slurm"))  # pragma: no cover
-    ex.update_parameters(**spec.slurm)  # pragma: no cover
-    jobs = ex.map_array(_slurm_entry, [str(c) for _, _, c in items],  # pragma: no cover
-                        [str(out / "points" / p.slug) for p, _, _ in items], [r for _, r, _ in items],
-                        [p.values for p, _, _ in items])
-    ids = [j.job_id for j in jobs]  # pragma: no cover
-    log(f"submitted {len(ids)} SLURM jobs: {', '.join(ids)}")  # pragma: no cover
-    return ids  # pragma: no cover
+    except ImportError:  # pragma: no cover - optional extra
+        raise ConfigError("sweep spec key 'launcher': slurm needs the extra `pip install repalign[slurm]` (submitit)") from None
+    ex = submitit.AutoExecutor(folder=str(out / "slurm"), cluster=own["cluster"],
+                              slurm_max_num_timeout=own["max_num_timeout"])
+    params.setdefault("name", f"repalign-{spec.name or out.name}")
+    try:
+        ex.update_parameters(**params)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise ConfigError(f"sweep spec key 'slurm': {one_line_error(e)}") from None
+    fns = [SlurmPoint(str(c), str(out / "points" / p.slug), p.values, own["backend"]) for p, _, c in items]
+    if not fns:
+        return []
+    jobs = ex.submit_array(fns)
+    ids = [str(j.job_id) for j in jobs]
+    log(f"submitted {len(ids)} {own['cluster']} job(s) with {params['nodes']}×{params['tasks_per_node']} process(es) "
+        f"each: {', '.join(ids)} (folder {out / 'slurm'})")
+    if own["wait"]:
+        for (p, _, _), job in zip(items, jobs):
+            try:
+                secs = job.results()[0]  # rank 0's return value (every task returns)
+            except Exception as e:  # submitit wraps the job's traceback
+                raise SweepPointError(f"sweep point {p.slug!r} failed in job {job.job_id}: {_job_error(job, e)} "
+                                      f"(log: {job.paths.stderr})") from None
+            log(f"  done {p.slug} ({float(secs):.1f} s)")
+    return ids
 
 
-def _slurm_entry(config_path: str, run_dir: str, resume: bool, values: dict[str, Any]) -> float:  # pragma: no cover
-    secs = run_point_inline(config_path, run_dir, resume)
-    _mark_done(Path(run_dir), Point(values, Path(run_dir).name), secs)
-    return secs
+_ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt))\b.*|repalign: error:.*)$")
+
+
+def _job_error(job: Any, e: BaseException) -> str:
+    """The last exception line of a failed job's rank-0 log, else of submitit's error."""
+    texts = [str(e)]
+    try:
+        texts.insert(0, Path(job.paths.stderr).read_text())
+    except (OSError, AttributeError):
+        pass
+    for text in texts:
+        hits = [m.group(1).strip() for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+        if hits:
+            return hits[-1]
+    return type(e).__name__
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class SlurmPoint:
+    """The callable submitted for one sweep point (pickled by submitit; see :func:`submit_slurm`).
+
+    Calling it in each task of a job: exports ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/
+    ``LOCAL_RANK`` from ``submitit.helpers.TorchDistributedEnvironment`` (job with more than one task),
+    so that :func:`repalign.distributed.init_from_env` sets up the process group; then trains as
+    ``repalign train CONFIG --run-dir RUN_DIR --resume-if-possible``: resume when the run directory has a
+    checkpoint, else clear what repalign wrote there and start afresh. Rank 0 holds the run directory's
+    lock and writes ``DONE``; returns the training seconds. When each task sees only its own GPU
+    (SLURM binding GPUs per task), ``LOCAL_RANK`` is set to 0 so the trainer takes that GPU.
+
+    ``checkpoint`` (= ``__submitit_checkpoint__``): submitit calls it on pre-emption / time-out (rank 0
+    only) and requeues the returned call — the same point, which resumes from its last checkpoint.
+    """
+
+    def __init__(self, config_path: str, run_dir: str, values: dict[str, Any], backend: str | None = None) -> None:
+        self.config_path = config_path
+        self.run_dir = run_dir
+        self.values = dict(values)
+        self.backend = backend
+
+    def __call__(self) -> float:
+        import torch
+
+        from repalign import distributed
+
+        if "SUBMITIT_EXECUTOR" in os.environ or "SLURM_JOB_ID" in os.environ:
+            from submitit import JobEnvironment
+            from submitit.helpers import TorchDistributedEnvironment
+
+            job = JobEnvironment()
+            if job.num_tasks > 1:
+                env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+                if torch.cuda.is_available() and torch.cuda.device_count() < env.local_world_size:
+                    os.environ["LOCAL_RANK"] = "0"  # one GPU visible per task: it is cuda:0
+        rank = int(os.environ.get("RANK", "0"))
+        secs = 0.0
+        if (Path(self.run_dir) / DONE).exists():
+            return secs
+        try:
+            distributed.init_from_env(self.backend)
+            secs = self._train(rank == 0)
+            if rank == 0:
+                _mark_done(Path(self.run_dir), Point(self.values, Path(self.run_dir).name), secs)
+            if distributed.is_dist():
+                torch.distributed.barrier()  # no rank tears the group down while another still uses it
+        finally:
+            if distributed.is_dist():
+                torch.distributed.destroy_process_group()
+        return secs
+
+    def _train(self, main: bool) -> float:
+        from repalign.training.lock import RunLock
+
+        run_dir = Path(self.run_dir)
+        lock = RunLock(run_dir).acquire() if main else None
+        try:
+            ck = run_dir / "checkpoints"
+            resume = (ck / "last.pt").exists() or (ck / "last.prev.pt").exists()
+            if not resume and main and run_dir.exists():
+                clear_run_dir(run_dir)  # only what repalign wrote (a killed first attempt)
+            return run_point_inline(self.config_path, self.run_dir, resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def checkpoint(self) -> Any:
+        """Requeue this same point; it continues from its last checkpoint (``--resume-if-possible``).
+        submitit looks for ``checkpoint`` to decide that a job is requeueable, and calls
+        ``__submitit_checkpoint__`` (the same method) when present."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+    __submitit_checkpoint__ = checkpoint
 
 
 def _cell(v: Any) -> Any:
