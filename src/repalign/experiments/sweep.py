@@ -559,7 +559,7 @@ class SlurmPoint:
 
         from repalign import distributed
 
-        if "SUBMITIT_EXECUTOR" in os.environ or "SLURM_JOB_ID" in os.environ:
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job (slurm / local); the debug executor runs here
             from submitit import JobEnvironment
             from submitit.helpers import TorchDistributedEnvironment
 
