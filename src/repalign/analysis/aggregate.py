@@ -14,15 +14,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from repalign.analysis.stats import paired_difference, summarize, verdict
 from repalign.results import last_steps
+from repalign.schema import CONTROL_KINDS, setting_columns
 
 __all__ = ["AGG_ID", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
 
 #: Identity columns of an aggregated row besides the group keys.
 AGG_ID = ("kind", "split", "layer", "arm_a", "arm_b", "control", "arm", "baseline", "step", "epoch")
-#: Columns that are never aggregated as metrics.
-_NOT_METRICS = set(AGG_ID) | {"point", "seed", "wall_s", "samples_per_s", "rsa_rdm", "rsa_corr", "objective",
-                              "dataset", "lr"}
-CONTROL_KINDS = ("chaos", "noise_data", "noise_seed")
+#: Columns that are never aggregated as metrics (besides the schema's setting columns, e.g. ``rsa_rdm``).
+_NOT_METRICS = set(AGG_ID) | {"point", "seed", "wall_s", "samples_per_s", "objective", "dataset", "lr"}
 
 
 def _num(v: Any) -> bool:
@@ -41,6 +40,7 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
     ``n`` counts seeds; a metric missing (or non-finite) for a seed is left out of that cell."""
     cells: dict[tuple, dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
     order: list[tuple] = []
+    not_metrics = _NOT_METRICS | setting_columns()
     for r in rows:
         if r.get("kind") not in kinds:
             continue
@@ -48,7 +48,7 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
         if key not in cells:
             order.append(key)
         for m, v in r.items():
-            if m not in _NOT_METRICS and m not in group_keys and _num(v):
+            if m not in not_metrics and m not in group_keys and _num(v):
                 cells[key][m][_seed(r)] = float(v)
     out = []
     for key in order:

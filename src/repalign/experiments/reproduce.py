@@ -39,6 +39,7 @@ from repalign.experiments.sweep import SweepSpec, expand, load_spec, run_sweep
 from repalign.report import plots
 from repalign.report import reference as ref
 from repalign.results import last_steps, point_status, read_rows, read_summary
+from repalign.schema import ROW_ID, figure_columns
 
 SCALES = ("tiny", "cpu", "paper")
 #: Seeds per scale: every compared value carries a 95 % interval over these (issue 8/9); paper scale
@@ -397,10 +398,8 @@ def plans_lossgap(scale: str) -> list[SweepPlan]:
 
 
 # ---------------------------------------------------------------------------- makers
-ALIGN_COLS = ["dataset", "seed", "kind", "epoch", "step", "split", "layer", "arm_a", "arm_b", "control", "linear_cka",
-              "linear_cka_rel", "linear_cka_over_chaos", "linear_cka_over_noise_data", "linear_cka_over_noise_seed",
-              "debiased_cka", "rsa", "rsa_rel", "rsa_over_chaos", "sim_gap", "sim_gap_rel", "weight_gap_mean",
-              "weight_angle_deg", "repr_angle_deg", "displacement_angle_deg"]
+#: figure CSV columns: identity, then the metric columns the schema (repalign.schema) sends to figures
+ALIGN_COLS = ["dataset", "seed", *(c for c in ROW_ID if c != "baseline"), *figure_columns()]
 THEORY_COLS = ["dataset", "seed", "epoch", "step", "arm_a", "arm_b", "split", "tau", "num_classes", "batch_size",
                "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa"]
 

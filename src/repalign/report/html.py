@@ -20,6 +20,7 @@ from repalign.report import plots
 from repalign.report import reference as ref
 from repalign.results import (is_run_dir, last_steps, latest_rows, load_sweep_state, read_config, read_meta, read_rows,
                               read_summary)
+from repalign.schema import report_cell, report_columns
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
@@ -118,27 +119,25 @@ def _pair_rows_html(rows: Sequence[Mapping[str, Any]], split: str, layer: str) -
     fin = final_align(rows, split, layer)
     if not fin:
         return None
+    cols = report_columns()  # the metric columns, from the one column schema
     entries = []
     for (a, b), r in fin.items():
         kind = r.get("control")
-        noise = r.get("linear_cka_over_noise_data", r.get("linear_cka_over_noise_seed"))
         entries.append(("ctrl" if kind else "", r.get("linear_cka") or 0.0, [
-            f"{a}–{b}", CONTROL_SHORT.get(kind, kind) if kind else "objective", r.get("linear_cka"),
-            r.get("linear_cka_rel"), r.get("linear_cka_over_chaos"), noise, r.get("rsa"), r.get("rsa_rel"),
-            r.get("sim_gap"), r.get("sim_gap_rel"), r.get("weight_gap_mean")]))
+            f"{a}–{b}", CONTROL_SHORT.get(kind, kind) if kind else "objective",
+            *(report_cell(r, part, m) for _h, part, m, _d in cols)]))
     u = _final_baseline(rows, split, layer)
     if u is not None:
         entries.append(("base", u.get("linear_cka") or 0.0, [
-            "untrained–untrained", "baseline", u.get("linear_cka"), 0.0, None, None, u.get("rsa"), 0.0,
-            u.get("sim_gap"), u.get("sim_gap_rel"), None]))
+            "untrained–untrained", "baseline", *(report_cell(u, part, m, baseline=True) for _h, part, m, _d in cols)]))
     entries.sort(key=lambda e: -e[1])
-    header = ["pair", "role", "linear CKA", "CKA rel. untrained", "CKA − chaos floor", "CKA − noise floor", "RSA",
-              "RSA rel. untrained", "sim gap", "ρ", "weight gap"]
+    header = ["pair", "role", *(h for h, _p, _m, _d in cols)]
+    digits = [3, 3, *(d for _h, _p, _m, d in cols)]
     h = "".join(f'<th class="{"l" if i < 2 else ""}">{esc(c)}</th>' for i, c in enumerate(header))
     trs = []
     for cls, _v, cells in entries:
-        tds = "".join(f'<td class="{"l" if i < 2 else ""}">{esc(fmt(c, 3) if isinstance(c, float) else fmt(c))}</td>'
-                      for i, c in enumerate(cells))
+        tds = "".join(f'<td class="{"l" if i < 2 else ""}">'
+                      f'{esc(fmt(c, digits[i]) if isinstance(c, float) else fmt(c))}</td>' for i, c in enumerate(cells))
         trs.append(f'<tr class="{cls}">{tds}</tr>')
     any_row = next(iter(fin.values()))
     when = f"step {any_row['step']}, epoch {any_row['epoch']}"

@@ -21,18 +21,13 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from repalign.schema import metric_label  # noqa: E402
+
 #: Okabe & Ito (2008) colour-blind-safe palette (blue, vermillion, green, orange, purple, sky, yellow, black).
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 LINESTYLE = {"train": "-", "test": "--"}
-METRIC_LABEL = {
-    "linear_cka": "linear CKA", "debiased_cka": "debiased CKA", "rsa": "RSA (Pearson r of RDMs)",
-    "linear_cka_rel": "CKA relative to untrained", "rsa_rel": "RSA relative to untrained",
-    "sim_gap": "similarity gap ‖Σ_a − Σ_b‖_F", "sim_gap_rel": "relative similarity gap ρ",
-    "weight_gap_mean": "weight gap (mean rel. Frobenius)",
-    "weight_rel_l2": "relative L2 weight distance", "weight_angle_deg": "weight-space angle (degrees)",
-    "repr_angle_deg": "representation angle (degrees)", "displacement_angle_deg": "displacement angle (degrees)",
-    "knn_acc": "kNN test accuracy (fraction)", "loss": "training loss (nats)",
-}
+
+
 def pair_label(a: str, b: str) -> str:
     return f"{a} vs {b}"
 
@@ -195,8 +190,8 @@ def plot_alignment(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = (
                         k += 1
             _baseline_line(ax, base, metric, split, layer)
             _apply_x(ax, xlabel, xlog)
-            ax.set_ylabel(METRIC_LABEL.get(metric, metric))
-            ax.set_title(f"{METRIC_LABEL.get(metric, metric)}: {split} split, layer {layer}", fontsize=9)
+            ax.set_ylabel(metric_label(metric))
+            ax.set_title(f"{metric_label(metric)}: {split} split, layer {layer}", fontsize=9)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[1]:
                 ax.legend(fontsize=6.5, loc="lower left")
@@ -406,7 +401,7 @@ def plot_knn(rows: Iterable[Mapping[str, Any]], metric: str = "knn_acc") -> Figu
     if not rows:
         _no_data(ax, "eval")
     _apply_x(ax, xlabel, xlog)
-    ax.set_ylabel(METRIC_LABEL.get(metric, metric))
+    ax.set_ylabel(metric_label(metric))
     ax.set_title("kNN accuracy (features h, test split)", fontsize=9)
     ax.grid(alpha=0.3)
     if rows:
@@ -486,14 +481,14 @@ def plot_heatmaps(rows: Iterable[Mapping[str, Any]], row_key: str = "num_classes
         ax.set_yticks(range(len(ys)), [str(y) for y in ys], fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_ylabel(row_key.replace("num_classes", "number of classes C"))
-        ax.set_title(f"{METRIC_LABEL.get(metric, metric)}: {pair_label(a, b)} ({split})", fontsize=9)
+        ax.set_title(f"{metric_label(metric)}: {pair_label(a, b)} ({split})", fontsize=9)
         for i in range(len(ys)):
             for j in range(len(xs)):
                 if np.isfinite(M[i, j]):
                     ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if M[i, j] < (lo + vmax) / 2 else "black")
     if im is not None:
-        fig.colorbar(im, ax=list(axes.ravel()), label=f"{METRIC_LABEL.get(metric, metric)} (unitless)", shrink=0.9)
+        fig.colorbar(im, ax=list(axes.ravel()), label=f"{metric_label(metric)} (unitless)", shrink=0.9)
     return fig
 
 
@@ -523,7 +518,7 @@ def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str 
         if log_x:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(x_key.replace("batch_size", "batch size B (log2 scale)"))
-        ax.set_ylabel(f"{METRIC_LABEL.get(metric, metric)} (unitless)")
+        ax.set_ylabel(f"{metric_label(metric)} (unitless)")
         ax.set_title(f"{pair_label(*pair)} at the last epoch ({last}), {split}", fontsize=9)
         ax.grid(alpha=0.3)
         if rows:

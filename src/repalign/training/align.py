@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from repalign.training.evaluate import ALIGN_FIELDS, UntrainedBaseline, alignment_rows, make_eval_loaders
+from repalign.schema import align_fields
+from repalign.training.evaluate import UntrainedBaseline, alignment_rows, make_eval_loaders
 
 
 def model_checkpoints(ckpt_dir: Path, steps_per_epoch: int) -> list[Path]:
@@ -76,7 +77,7 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
     # written under a temp name and renamed: a failure leaves the previous file (or none)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ALIGN_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=align_fields(), extrasaction="ignore")
         w.writeheader()
         w.writerows(align_rows)
     os.replace(tmp, out)

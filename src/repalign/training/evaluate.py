@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from repalign.schema import ALIGN_METRICS, relative_names, representation_names
 from repalign.seeding import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,18 +114,18 @@ def _layer_features(f: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
 
 
 def pair_metrics(x: torch.Tensor, y: torch.Tensor, ev: Mapping[str, Any]) -> dict[str, float | None]:
-    """The representation metrics of one ``align``/``baseline`` row (``ALIGN_KEYS``) for features
-    ``x, y [N, d]`` of the same N samples."""
+    """The representation metrics of one ``align``/``baseline`` row (:func:`repalign.schema.representation_names`,
+    in that order) for features ``x, y [N, d]`` of the same N samples: the built-ins from one
+    :func:`~repalign.metrics.representation_metrics` call, schema entries with ``compute`` from it."""
     from repalign.metrics import representation_metrics, rsa
 
     m = representation_metrics(x, y, debiased=True)
     if (ev["rsa_rdm"], ev["rsa_corr"]) != ("cosine", "pearson"):
         m["rsa"] = _value(rsa(x, y, rdm=ev["rsa_rdm"], corr=ev["rsa_corr"]))
-    return {k: (float(m[k]) if m[k] is not None else None) for k in _ALIGN_KEYS}
-
-
-#: Metrics expressed relative to the untrained baseline and as margins over the control pairs.
-RELATIVE_KEYS = ("linear_cka", "rsa")
+    for metric in ALIGN_METRICS:
+        if metric.source == "representation" and metric.compute is not None:
+            m[metric.name] = _value(metric.compute(x, y))
+    return {k: (float(m[k]) if m[k] is not None else None) for k in representation_names()}
 
 
 def relative_to_baseline(v: float | None, base: float | None) -> float | None:
@@ -151,14 +152,14 @@ def add_relative_and_margins(rows: list[dict[str, Any]], baseline: Mapping[tuple
     by_key = {(r["split"], r["layer"], r["arm_a"], r["arm_b"]): r for r in rows if r.get("kind") == "align"}
     for (split, layer, a, b), r in by_key.items():
         base = baseline.get((split, layer)) or {}
-        for m in RELATIVE_KEYS:
+        for m in relative_names():
             r[f"{m}_rel"] = relative_to_baseline(r.get(m), base.get(m))
         r["control"] = ctrl_of(a, b)
         for (s2, l2, a2, c), rc in by_key.items():
             kind = ctrl_of(a2, c)
             if (s2, l2, a2) != (split, layer, a) or kind is None or c == b:
                 continue
-            for m in RELATIVE_KEYS:
+            for m in relative_names():
                 key = f"{m}_over_{kind}"
                 if key not in r and r.get(m) is not None and rc.get(m) is not None:
                     r[key] = r[m] - rc[m]
@@ -298,10 +299,6 @@ def quality_metrics(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte
     return out
 
 
-_ALIGN_KEYS = ("linear_cka", "debiased_cka", "rsa", "sim_gap", "sim_gap_rel", "sim_gap_per_entry",
-               "sim_gap_centred_rel", "repr_angle_deg")
-
-
 def _value(r: Any) -> float:
     if isinstance(r, Mapping):
         return float(r["value"])
@@ -338,11 +335,3 @@ class Evaluator:
                                   trainer.device, arms={s.name: s.arm for s in trainer.arm_states},
                                   baseline=self.baseline):
             self.log(row)
-
-
-ALIGN_FIELDS = ["kind", "baseline", "epoch", "step", "split", "layer", "arm_a", "arm_b", "control", "linear_cka",
-                "linear_cka_rel", "linear_cka_over_chaos", "linear_cka_over_noise_data", "linear_cka_over_noise_seed",
-                "debiased_cka", "rsa", "rsa_rel", "rsa_over_chaos", "rsa_over_noise_data", "rsa_over_noise_seed",
-                "rsa_rdm", "rsa_corr", "sim_gap", "sim_gap_rel", "sim_gap_per_entry", "sim_gap_centred_rel",
-                "repr_angle_deg", "weight_gap_mean", "weight_gap_sum", "weight_rel_l2", "weight_angle_deg",
-                "displacement_angle_deg"]
