@@ -425,3 +425,15 @@ BAD = {
 def test_bad_inputs_raise_value_error(name):
     with pytest.raises(ValueError):
         BAD[name]()
+
+
+def test_resolve_num_classes():
+    from repalign.evaluation.knn import resolve_num_classes
+
+    y = torch.tensor([0, 2, 1])
+    assert resolve_num_classes(None, y) == 3
+    assert resolve_num_classes(5, y, torch.tensor([4])) == 5
+    with pytest.raises(ValueError, match="num_classes=2"):
+        resolve_num_classes(2, y)
+    with pytest.raises(ValueError, match="positive int"):
+        resolve_num_classes(True, y)

@@ -6,10 +6,12 @@ import torch.nn.functional as F
 
 from .features import check_features, check_features_labels
 
-__all__ = ["knn_predict", "knn_accuracy"]
+__all__ = ["knn_predict", "knn_accuracy", "resolve_num_classes"]
 
 
-def _resolve_num_classes(num_classes: int | None, *ys: torch.Tensor) -> int:
+def resolve_num_classes(num_classes: int | None, *ys: torch.Tensor) -> int:
+    """``num_classes`` checked against the labels ``ys`` (each int ``[N]`` in ``0..C-1``), or, when
+    ``None``, the number observed (largest label + 1)."""
     observed = max(int(y.max()) for y in ys) + 1
     if num_classes is None:
         return observed
@@ -51,7 +53,7 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
     if exclude_self and test_x.shape[0] != train_x.shape[0]:
         raise ValueError(f"exclude_self=True needs test_x and train_x with the same rows, got "
                          f"{test_x.shape[0]} and {train_x.shape[0]}")
-    C = _resolve_num_classes(num_classes, train_y)
+    C = resolve_num_classes(num_classes, train_y)
 
     dtype = torch.promote_types(train_x.dtype, test_x.dtype)
     tr = F.normalize(train_x.to(dtype), dim=1)
@@ -77,7 +79,7 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     """Top-1 accuracy in [0, 1] of :func:`knn_predict` against ``test_y [M]``."""
     test_x, test_y = check_features_labels(test_x, test_y, "test_x", "test_y")
     train_x, train_y = check_features_labels(train_x, train_y, "train_x", "train_y")
-    _resolve_num_classes(num_classes, train_y, test_y)
+    resolve_num_classes(num_classes, train_y, test_y)
     preds = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature, num_classes=num_classes,
                         chunk=chunk, exclude_self=exclude_self)
     return float((preds == test_y.to(preds.device)).double().mean())

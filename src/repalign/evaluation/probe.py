@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..seeding import generator
 from .features import check_features_labels
-from .knn import _resolve_num_classes
+from .knn import resolve_num_classes
 
 __all__ = ["linear_probe"]
 
@@ -47,7 +47,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be None (full batch) or a positive int, got {batch_size!r}")
-    C = _resolve_num_classes(num_classes, train_y, test_y)
+    C = resolve_num_classes(num_classes, train_y, test_y)
     if C < 2:
         raise ValueError(f"linear_probe needs at least 2 classes, got num_classes={C}")
 
