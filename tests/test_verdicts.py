@@ -102,3 +102,16 @@ def test_batch_rule_and_weights_and_loss_gap():
 def test_markdown_has_one_row_per_claim(tmp_path):
     text = vd.markdown(vd.verdicts(tmp_path))
     assert text.count("\n| ") == 7 and text.count("not run") == 7
+
+
+def test_figure_markdown_renders_findings_and_our_tables(tmp_path):
+    import json
+
+    man = {"findings": [{"label": "C = 10", "items": [{"text": "NSCL sits above the noise floor."}]}],
+           "tables": [{"title": "Final values", "header": ["pair", "CKA"], "rows": [["cl vs nscl", 0.91234]],
+                       "note": "n = 4 seeds"},
+                      {"title": "Paper", "paper": True, "header": ["x"], "rows": [[1]]}]}
+    (tmp_path / "reproduce.json").write_text(json.dumps(man))
+    md = vd.figure_markdown(tmp_path, seconds=90)
+    assert "1.5 min" in md and "- *C = 10*" in md and "NSCL sits above" in md
+    assert "| cl vs nscl | 0.9123 |" in md and "n = 4 seeds" in md and "Paper" not in md

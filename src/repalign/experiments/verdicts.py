@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 from repalign.analysis.aggregate import pair_values
 from repalign.analysis.stats import Summary, paired_difference, summarize
 
-__all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown"]
+__all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown", "figure_markdown"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = ("reproduced", "not reproduced", "inconclusive at CPU scale",
                                                      "not run")
@@ -304,6 +304,41 @@ def markdown(vs: Sequence[Verdict]) -> str:
         verdict = f"**{v.verdict}**" + (f" — {v.reason}" if v.reason else "")
         lines.append(f"| {i} | {v.claim} ({v.figure}) | {v.paper} | {v.ours} | {v.baselines} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v).replace("|", "/")
+
+
+def figure_markdown(fig_dir: Path, seconds: float | None = None) -> str:
+    """The Findings and tables of one figure's ``reproduce.json`` as Markdown (for docs/figures/FIG.md)."""
+    import json
+
+    man = json.loads((Path(fig_dir) / "reproduce.json").read_text())
+    out = []
+    if seconds is not None:
+        out.append(f"Measured: {seconds / 60:.1f} min on the 2-core machine (shared with other jobs).\n")
+    out.append("**Findings** (generated from the runs):\n")
+    for g in man.get("findings", []):
+        if g.get("label"):
+            out.append(f"- *{g['label']}*")
+        for it in g.get("items", []):
+            out.append(("  - " if g.get("label") else "- ") + it["text"])
+    out.append("")
+    for t in man.get("tables", []):
+        if t.get("paper"):
+            continue
+        out.append(f"**{t['title']}**\n")
+        out.append("| " + " | ".join(_cell(h) for h in t["header"]) + " |")
+        out.append("|" + "---|" * len(t["header"]))
+        for r in t["rows"]:
+            out.append("| " + " | ".join(_cell(c) for c in r) + " |")
+        if t.get("note"):
+            out.append(f"\n{t['note']}")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
