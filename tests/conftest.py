@@ -18,6 +18,7 @@ def tiny_overrides(**extra: object) -> list[str]:
         "train.log_every": 1, "train.device": "cpu", "logging.progress": False, "optim.lr": 0.5,
         "optim.warmup_epochs": 0, "eval.max_train": 64, "eval.max_test": 40, "eval.batch_size": 64,
         "eval.knn_k": 5,
+        "data.num_classes": "null", "data.options": "{}",  # the demo base uses 100 strokes classes
     }
     base.update(extra)
     out = []

@@ -184,7 +184,8 @@ def test_cka_lower_bound():
 
 
 def test_cumulative_lr_exact_and_from_rows():
-    cfg = load_config("configs/demo.yaml", ["train.epochs=3", "optim.warmup_epochs=1"])
+    cfg = load_config("configs/demo.yaml", ["train.epochs=3", "optim.warmup_epochs=1", "optim.lr=0.3",
+                                            "train.batch_size=256", "optim.lr_rule=linear"])
     S = theory.cumulative_lr(cfg, steps_per_epoch=4)
     assert S.shape == (13,) and S[0] == 0
     # linear rule: peak 0.3·256/256 = 0.3; warm-up factors 1/4..4/4 → S after 4 steps = 0.3·2.5
