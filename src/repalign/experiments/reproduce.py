@@ -740,12 +740,14 @@ FIGS: dict[str, FigureDef] = {
                       "CKA and RSA between CL and each supervised objective, plus two CL controls (noise floor).",
                       plans_fig2, make_fig2, "≈ 12–16 min"),
     "fig3": FigureDef("fig3", "Fig 3 — CL–NSCL alignment against the number of classes C",
-                      "Linear CKA heatmaps over C × epoch on the strokes generator (fixed training-set size), with "
-                      "noise-floor controls and the theory overlay.", plans_fig3, make_fig3, "≈ 12–18 min"),
+                      "Linear CKA heatmaps over C × epoch on the strokes generator (a fixed number of images per "
+                      "class, so steps grow with C), with chaos- and noise-floor controls and the theory overlay.",
+                      plans_fig3, make_fig3, "≈ 12–18 min"),
     "fig4": FigureDef("fig4", "Fig 4 — temperature τ", "CL–NSCL alignment over epochs for τ ∈ {0.1, 0.5, 1.0}.",
                       plans_fig4, make_fig4, "≈ 8–12 min"),
     "fig5": FigureDef("fig5", "Fig 5 — batch size × learning-rate rule",
-                      "CL–NSCL alignment for three batch sizes under the linear, √B and B^(1/4) lr rules.",
+                      "CL–NSCL alignment against batch size under the lr rules (paper: 3 B × linear, √B, B^(1/4); "
+                      "CPU: 2 B × linear, √B, with LARS and SGD).",
                       plans_fig5, make_fig5, "≈ 10–15 min"),
     "weights": FigureDef("weights", "Weight gap over training", "Weight gap (log axis) with a fitted exponential growth "
                          "rate, next to the representation alignment.", plans_weights, make_weights, "≈ 8–12 min"),
