@@ -10,7 +10,8 @@ Tolerances (stated here, asserted below):
 * trainer CUDA vs CPU, fp32, TF32 off, cuDNN deterministic, 3 steps of a small CNN with BatchNorm: losses within
   rtol 1e-4 / atol 1e-5, weights within rtol 1e-3 / atol 1e-4 (float summation order differs
   between devices and grows through the steps; any real bug is orders of magnitude larger);
-* kill/resume on CUDA vs uninterrupted on CUDA: rtol 1e-6 / atol 1e-7 (same device, same kernels);
+* kill/resume on CUDA vs uninterrupted on CUDA: rtol 1e-5 / atol 1e-6 (same device, same kernels; room
+  for the last-bit nondeterminism of atomics that deterministic cuDNN does not cover);
 * metrics (float64 accumulation) CUDA vs CPU: 1e-9 absolute;
 * SyncBatchNorm in a one-process group vs BatchNorm: outputs and gradients within 1e-5.
 """
@@ -157,7 +158,7 @@ def test_kill_resume_on_device_equals_uninterrupted(tmp_path, deterministic):
                               if row.get("kind") == "train" else None, orig(row))
     tr.fit()
     state = {s.name: {k: v.detach().cpu() for k, v in s.module.state_dict().items()} for s in tr.arm_states}
-    _compare((first[0] + rows, state), full, dict(rel=1e-6, abs=1e-7), dict(rtol=1e-6, atol=1e-7))
+    _compare((first[0] + rows, state), full, dict(rel=1e-5, abs=1e-6), dict(rtol=1e-5, atol=1e-6))
 
 
 # ------------------------------------------------------------------ metrics
@@ -213,7 +214,8 @@ def test_sync_batchnorm_conversion_in_one_process_group(monkeypatch):
         made = True
     try:
         if dev.type == "cuda":
-            net.train(), conv.train()
+            net.train()
+            conv.train()
             ha, za = net(x)
             hb, zb = conv(x)
             torch.testing.assert_close(hb, ha, rtol=1e-5, atol=1e-5)
@@ -221,7 +223,8 @@ def test_sync_batchnorm_conversion_in_one_process_group(monkeypatch):
             (zb.square().sum()).backward()
             for (n, pa), (_, pb) in zip(net.named_parameters(), conv.named_parameters()):
                 torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=n)
-        net.eval(), conv.eval()
+        net.eval()
+        conv.eval()
         with torch.no_grad():
             torch.testing.assert_close(conv(x)[0], net(x)[0], rtol=1e-5, atol=1e-5)
     finally:
