@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from conftest import tiny_overrides
 
-DEVICE = os.environ.get("REPALIGN_CUDA_TEST_DEVICE", "cuda")
+DEVICE = os.environ.get("REPALIGN_CUDA_TEST_DEVICE") or "cuda"
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
