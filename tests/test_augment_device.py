@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from repalign.data import MultiViewTransform, SeededBatchSampler, make_train_loader
 from repalign.data.batched_views import MAX_LEVEL_DIFF, PARAM_KEYS, BatchedViews, batch_params
-from repalign.data.views import _hflip, _normalize_uint8
+from repalign.data.views import _hflip, normalize_uint8
 
 RECIPE_CASES = [  # recipe, channels, source side H, output side S
     ("simclr_cifar", 3, 32, 32),
@@ -79,7 +79,7 @@ def test_colour_flip_normalise_bitwise_equal(recipe, C, H, S):
             q.pop("crop", None)
             y = tf._one(imgs[b], q)
             ref.append(_hflip(y) if q["flip"] else y)
-    ref = _normalize_uint8(torch.stack(ref), tf.mean, tf.std).view_as(out)
+    ref = normalize_uint8(torch.stack(ref), tf.mean, tf.std).view_as(out)
     assert torch.equal(out, ref)
     if recipe == "simclr_imagenet":  # every op was exercised
         assert p["blur"].gt(0).any() and p["gray"].any() and (p["jitter_order"] == 3).any()

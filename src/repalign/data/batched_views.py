@@ -54,7 +54,7 @@ from torchvision.transforms.v2.functional._color import (  # batched-capable tor
     _rgb_to_hsv,
 )
 
-from repalign.data.views import MultiViewTransform, _normalize_uint8
+from repalign.data.views import MultiViewTransform, normalize_uint8
 
 __all__ = ["batch_params", "BatchedViews", "PARAM_KEYS", "MAX_LEVEL_DIFF"]
 
@@ -287,5 +287,5 @@ class BatchedViews:
             if rows.numel():
                 r = rows.to(imgs.device, non_blocking=True)
                 x.index_copy_(0, r, F.horizontal_flip(x.index_select(0, r)))
-            out = _normalize_uint8(x, tf.mean, tf.std)
+            out = normalize_uint8(x, tf.mean, tf.std)
         return out.view(K, B, tf.channels, S, S)

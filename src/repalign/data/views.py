@@ -263,7 +263,7 @@ class MultiViewTransform:
         if flips:
             fi = torch.tensor(flips, dtype=torch.long)
             out[fi] = _hflip(out[fi])
-        x = _normalize_uint8(out, self.mean, self.std)
+        x = normalize_uint8(out, self.mean, self.std)
         return x.view(K, B, self.channels, S, S)
 
     def __call__(self, img: torch.Tensor, index: int, epoch: int = 0) -> torch.Tensor:
@@ -287,7 +287,8 @@ def _mean_std(mean, std, channels) -> tuple[tuple[float, ...], tuple[float, ...]
     return mean, std
 
 
-def _normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
+def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images ``[..., C, H, W]`` → float32 ``(x/255 − mean)/std`` per channel (torchvision ops)."""
     x = F.to_dtype(x, torch.float32, scale=True)
     return F.normalize(x, list(mean), list(std))
 
@@ -316,7 +317,7 @@ class EvalTransform:
         S = self.image_size
         if img.shape[-2:] != (S, S):
             img = _resize(img, [S, S], antialias=True)
-        return _normalize_uint8(img, self.mean, self.std)
+        return normalize_uint8(img, self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size}, channels={self.channels})"
