@@ -264,8 +264,11 @@ def claim_weights_diverge(rows: Sequence[Mapping[str, Any]]) -> Verdict:
               f"{_s(_m(rn), 1)}°; difference {_s(d, 1)}° (paired)") if wn else "—"
     chaos_w = w.get(("cl", "cl_eps"), {})
     noise_w = w.get(("cl", "cl_data"), {})
-    v.baselines = (f"weight angle of the chaos twin {_s(_m(chaos_w), 1)}°, of the noise "
-                   f"twin {_s(_m(noise_w), 1)}°") if chaos_w else "—"
+    _, base = _final(rows, "repr_angle_deg")
+    parts = [f"weight angle of the chaos twin (cl vs cl_eps) {_s(_m(chaos_w), 1)}°" if chaos_w else "",
+             f"of the noise twin (cl vs cl_data) {_s(_m(noise_w), 1)}°" if noise_w else "",
+             f"representation angle of two untrained networks {_s(_m(base), 1)}°" if base else ""]
+    v.baselines = "; ".join(p for p in parts if p) or "—"
     v.verdict, v.reason = judge([d])
     v.numbers = {"weight_minus_repr_deg": d and d.as_dict()}
     return v
