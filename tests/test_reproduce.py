@@ -87,6 +87,60 @@ def test_paper_scale_prints_plan(fig, tmp_path, capsys):
     assert cfgs and all("resnet50" in c.read_text() for c in cfgs)
 
 
+FLOORS = "cl nscl cl_data cl_eps"
+CONTROLS = "cl nscl scl ce cl_seed cl_data cl_eps"
+PAPER3 = "cifar100/cifar100 tiny_imagenet/tiny_imagenet mini_imagenet/mini_imagenet"
+#: (figure, scale) → (sweeps as name/label, grid keys, arms of the first sweep, extra columns of the first sweep);
+#: recorded before the split of reproduce.py into experiments/figures/ (issue 11) and unchanged by it
+PLANS = {
+    ("fig1", "tiny"): ("runs/digits", "seed", FLOORS, ""),
+    ("fig1", "cpu"): ("runs/strokes", "seed", FLOORS, ""),
+    ("fig1", "paper"): ("cifar100/cifar100", "seed", FLOORS, ""),
+    ("fig2", "tiny"): ("runs/digits", "seed", CONTROLS, ""),
+    ("fig2", "cpu"): ("runs/strokes", "seed", CONTROLS, ""),
+    ("fig2", "paper"): (PAPER3, "seed", CONTROLS, ""),
+    ("fig3", "tiny"): ("C3/strokes C6/strokes", "seed", FLOORS, "num_classes"),
+    ("fig3", "cpu"): ("C10/strokes C50/strokes C100/strokes", "seed", FLOORS, "num_classes"),
+    ("fig3", "paper"): ("mini_imagenet/mini_imagenet tiny_imagenet/tiny_imagenet imagenet/imagenet",
+                        "data.num_classes seed", "cl nscl cl_seed cl_data cl_eps", ""),
+    ("fig4", "tiny"): ("runs/digits", "loss.temperature seed", FLOORS, ""),
+    ("fig4", "cpu"): ("runs/strokes", "loss.temperature seed", FLOORS, ""),
+    ("fig4", "paper"): (PAPER3, "loss.temperature seed", FLOORS, ""),
+    ("fig5", "tiny"): ("runs/digits", "optim.lr_rule seed train.batch_size", "cl nscl cl_eps", ""),
+    ("fig5", "cpu"): ("lars/strokes sgd/strokes", "optim.lr_rule seed train.batch_size", FLOORS, "optim.type optimizer"),
+    ("fig5", "paper"): ("mini_imagenet/mini_imagenet", "optim.lr_rule seed train.batch_size", FLOORS, ""),
+    ("weights", "tiny"): ("runs/digits", "seed", "cl nscl scl ce cl_eps", ""),
+    ("weights", "cpu"): ("runs/strokes", "seed", "", ""),  # the regime's own six arms
+    ("weights", "paper"): ("cifar100/cifar100", "seed", "cl nscl scl ce cl_eps", ""),
+    ("lossgap", "tiny"): ("C2/strokes C5/strokes", "seed", "cl", "num_classes"),
+    ("lossgap", "cpu"): (" ".join(f"C{c}/strokes" for c in (2, 5, 10, 20, 50, 100, 200)), "seed", "cl", "num_classes"),
+    ("lossgap", "paper"): ("cifar100/cifar100", "data.num_classes seed", "cl", ""),
+}
+
+
+@pytest.mark.parametrize("fig,scale", list(PLANS))
+def test_plan_snapshot(fig, scale):
+    plans = rp.FIGS[fig].plans(scale)
+    arms = [o for o in plans[0].spec["overrides"] if o.startswith("arms=")]
+    got = (" ".join(f"{p.name}/{p.label}" for p in plans), " ".join(sorted(plans[0].spec["grid"])),
+           " ".join(re.findall(r"(\w+): \{", arms[-1])) if arms else "", " ".join(sorted(plans[0].extra)))
+    assert got == PLANS[fig, scale]
+    assert all(p.spec["grid"]["seed"] == rp.SEEDS[scale] for p in plans)
+
+
+def test_figure_modules_are_the_registry():
+    """One module per figure under experiments/figures/, registered through repalign.experiments.FIGURES."""
+    import pkgutil
+
+    from repalign.experiments import figures
+
+    mods = {m.name for m in pkgutil.iter_modules(figures.__path__)} - {"common"}
+    assert mods == set(rp.FIGURES) and tuple(rp.FIGS) == rp.FIGURES and set(PLANS) == {(f, s) for f in rp.FIGURES
+                                                                                          for s in rp.SCALES}
+    for name, d in rp.FIGS.items():
+        assert d.name == name and d.plans is getattr(rp, f"plans_{name}") and d.make is getattr(rp, f"make_{name}")
+
+
 def test_gpu_hours_estimate_scales():
     assert rp.gpu_hours("cifar100", 4, 1200) == pytest.approx(2 * rp.gpu_hours("cifar100", 2, 1200))
     assert 1 < rp.gpu_hours("cifar100", 2, 300) < 100

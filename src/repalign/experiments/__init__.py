@@ -1,4 +1,5 @@
-"""Experiments: sweeps (:mod:`.sweep`), figure reproduction (:mod:`.reproduce`), theory overlays (:mod:`.theory`).
+"""Experiments: sweeps (:mod:`.sweep`), figure reproduction (:mod:`.reproduce`, :mod:`.figures`, :mod:`.cost`),
+theory overlays (:mod:`.theory`).
 
 Imports are lazy so that the command line's ``--help`` does not load torch or matplotlib.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: The reproducible paper figures, in order (``repalign reproduce FIG``); plans in :mod:`.reproduce`.
+#: The reproducible paper figures, in order (``repalign reproduce FIG``): each names its module
+#: ``experiments/figures/<name>.py``, from which :data:`.figures.FIGS` is built (driver: :mod:`.reproduce`).
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "weights", "lossgap")
 
 _LAZY = {"SweepSpec": "sweep", "expand": "sweep", "load_spec": "sweep", "run_sweep": "sweep",
