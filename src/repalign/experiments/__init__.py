@@ -12,14 +12,16 @@ from typing import Any
 #: ``experiments/figures/<name>.py``, from which :data:`.figures.FIGS` is built (driver: :mod:`.reproduce`).
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "weights", "lossgap")
 
-_LAZY = {"SweepSpec": "sweep", "expand": "sweep", "load_spec": "sweep", "run_sweep": "sweep",
-         "write_summary": "sweep", "cka_lower_bound": "theory", "cumulative_lr": "theory",
-         "log_bound_shape": "theory", "theory_rows": "theory"}
+_LAZY = {"SweepSpec": "experiments.sweep", "expand": "experiments.sweep", "load_spec": "experiments.sweep",
+         "run_sweep": "experiments.sweep", "write_summary": "experiments.sweep",
+         # the theory overlay lives in repalign.analysis.theory (kept importable from here)
+         "cka_lower_bound": "analysis.theory", "cumulative_lr": "analysis.theory",
+         "log_bound_shape": "analysis.theory", "theory_rows": "analysis.theory"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f"repalign.experiments.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(f"repalign.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'repalign.experiments' has no attribute {name!r}")
 
 
