@@ -24,7 +24,7 @@ def make_fig1(ctx: Context) -> None:
         ctx.save(plots.plot_angles(al, ("cl", "nscl")), "fig1" if ds == next(iter(_by_dataset(ctx))) else f"fig1_{ds}",
                  f"Angle between CL and NSCL in weight space vs representation space ({ds}, test split).")
     al = [r for r in _align(_all(ctx)) if r.get("kind") == "baseline"
-          or (r.get("arm_a"), r.get("arm_b")) in (("cl", "nscl"), ("cl", "cl_eps"))]
+          or (r.get("arm_a"), r.get("arm_b")) in (("cl", "nscl"), ("cl", "cl_eps"), ("cl", "cl_data"))]
     ctx.write_csv("fig1", al, ALIGN_COLS)
     al = [r for r in al if (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
     fin: dict[str, list[float]] = {"weight_angle_deg": [], "repr_angle_deg": []}
