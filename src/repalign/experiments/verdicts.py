@@ -37,7 +37,6 @@ Command line: ``python -m repalign.experiments.verdicts RUNS_DIR [--md FILE]`` w
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from repalign.analysis.aggregate import pair_values
 from repalign.analysis.stats import Summary, paired_difference, summarize
+from repalign.results import read_summary
 
 __all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown", "figure_markdown"]
 
@@ -68,24 +68,11 @@ class Verdict:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _num(v: Any) -> Any:
-    if isinstance(v, str):
-        if v == "":
-            return None
-        try:
-            f = float(v)
-        except ValueError:
-            return v
-        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-    return v
-
-
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a figure CSV with numbers parsed (empty cells → ``None``); ``[]`` if the file is missing."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = read_summary(path)
     for r in rows:  # figure CSVs carry kind=baseline rows without the `baseline` column: all are untrained
         if r.get("kind") == "baseline" and r.get("baseline") is None:
             r["baseline"] = "untrained"
