@@ -37,3 +37,23 @@ def tiny_cfg():
         return load_config(None, tiny_overrides(**extra))
 
     return make
+
+
+def assert_same_state(a: object, b: object, where: str = "", ordered_keys: bool = True) -> None:
+    """Bitwise equality of two nested states (tensors equal in dtype and value, NaN == NaN for scalars).
+    ``ordered_keys``: dict keys must also come in the same order (else only the same set)."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        same = list(a) == list(b) if ordered_keys else sorted(map(str, a)) == sorted(map(str, b))
+        assert isinstance(b, dict) and same, where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}", ordered_keys)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]", ordered_keys)
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"

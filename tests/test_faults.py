@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import assert_same_state, tiny_overrides
 
 from repalign import faults
 from repalign.cli import main
@@ -64,22 +64,6 @@ def rows_of(run: Path, events: bool = False) -> list[dict]:
     """metrics rows without timing fields (and without event rows unless asked)."""
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run / "metrics.jsonl")
             if events or r["kind"] != "event"]
-
-
-def assert_same_state(a: object, b: object, where: str = "") -> None:
-    """Bitwise equality of two nested checkpoint states."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), where
-        for k in a:
-            assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
 def last_state(run: Path) -> dict:

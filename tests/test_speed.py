@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_state
 
 from repalign.config import ConfigError, load_config
 from repalign.training import CoupledTrainer, NonFiniteError
@@ -44,18 +45,7 @@ def _arm_state(s) -> dict:
 
 
 def _assert_equal(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(map(str, a)) == sorted(map(str, b)), where
-        for k in a:
-            _assert_equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
+    assert_same_state(a, b, where, ordered_keys=False)
 
 
 def _rows(run: Path) -> list[dict]:
