@@ -20,8 +20,8 @@ def _rows(pairs: dict[tuple[str, str], float], extra: dict | None = None, metric
                 val = v + jitter * e * (b in ("nscl", "cl_data")) if step == 10 else 0.99
                 out.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": a,
                             "arm_b": b, metric: val, **(extra or {})})
-            out.append({"kind": "baseline", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": "",
-                        "arm_b": "", metric: untrained, **(extra or {})})
+            out.append({"kind": "baseline", "baseline": "untrained", "seed": s, "step": step, "split": "test",
+                        "layer": "h", "arm_a": "", "arm_b": "", metric: untrained, **(extra or {})})
     return out
 
 

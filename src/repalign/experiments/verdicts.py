@@ -72,11 +72,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a figure CSV with numbers parsed (empty cells → ``None``); ``[]`` if the file is missing."""
     if not path.exists():
         return []
-    rows = read_summary(path)
-    for r in rows:  # figure CSVs carry kind=baseline rows without the `baseline` column: all are untrained
-        if r.get("kind") == "baseline" and r.get("baseline") is None:
-            r["baseline"] = "untrained"
-    return rows
+    return read_summary(path)
 
 
 def judge(diffs: Sequence[Summary | None]) -> tuple[str, str]:

@@ -148,7 +148,8 @@ def _spec(plan: SweepPlan, out: Path, processes: int) -> SweepSpec:
 
 # ---------------------------------------------------------------------------- makers
 #: figure CSV columns: identity, then the metric columns the schema (repalign.schema) sends to figures
-ALIGN_COLS = ["dataset", "seed", *(c for c in ROW_ID if c != "baseline"), *figure_columns()]
+#: figure CSV columns; `baseline` names the reference of `kind: baseline` rows (so the CSVs stand alone)
+ALIGN_COLS = ["dataset", "seed", *ROW_ID, *figure_columns()]
 THEORY_COLS = ["dataset", "seed", "epoch", "step", "arm_a", "arm_b", "split", "tau", "num_classes", "batch_size",
                "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa"]
 
