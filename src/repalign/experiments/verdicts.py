@@ -334,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     text = markdown(verdicts(Path(args.runs)))
     if args.md:
-        Path(args.md).write_text(text)
+        from repalign.training.checkpoint import write_atomic
+
+        write_atomic(args.md, text.encode())
     print(text)
     return 0
 
