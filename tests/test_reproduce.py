@@ -8,6 +8,7 @@ import re
 import pytest
 
 from repalign.cli import main
+from repalign.config import ConfigError
 from repalign.experiments import reproduce as rp
 
 ALIGN = {"seed", "epoch", "split", "layer", "arm_a", "arm_b", "linear_cka", "rsa"}
@@ -144,3 +145,51 @@ def test_figure_modules_are_the_registry():
 def test_gpu_hours_estimate_scales():
     assert rp.gpu_hours("cifar100", 4, 1200) == pytest.approx(2 * rp.gpu_hours("cifar100", 2, 1200))
     assert 1 < rp.gpu_hours("cifar100", 2, 300) < 100
+
+
+@pytest.mark.parametrize("fig,scale", list(PLANS))
+def test_with_seeds_replaces_only_the_seed_grid(fig, scale):
+    """``reproduce --seeds N``: every plan trains seeds 0…N−1, nothing else changes, GPU-hours scale with N."""
+    plans = rp.FIGS[fig].plans(scale)
+    more = [rp.with_seeds(p, range(6)) for p in plans]
+    for old, new in zip(plans, more):
+        assert new.spec["grid"]["seed"] == list(range(6))
+        assert {k: v for k, v in new.spec["grid"].items() if k != "seed"} == \
+               {k: v for k, v in old.spec["grid"].items() if k != "seed"}
+        assert list(new.spec["grid"]) == list(old.spec["grid"])  # same point slugs for the shared seeds
+        assert new.spec["overrides"] == old.spec["overrides"] and new.extra == old.extra
+        assert old.spec["grid"]["seed"] == rp.SEEDS[scale]  # the figure's own plan is not mutated
+        if old.gpu_hours is not None:
+            assert new.gpu_hours == pytest.approx(old.gpu_hours * 6 / len(rp.SEEDS[scale]))
+
+
+def test_with_seeds_rejects_bad_requests():
+    plan = rp.FIGS["fig1"].plans("cpu")[0]
+    with pytest.raises(ConfigError, match="at least 2 distinct seeds"):
+        rp.with_seeds(plan, [0])
+    nogrid = rp.SweepPlan("x", "y", {"base": "b", "overrides": [], "grid": {"loss.temperature": [0.5]}})
+    with pytest.raises(ConfigError, match="'x' has no seed grid"):
+        rp.with_seeds(nogrid, range(3))
+
+
+def test_reproduce_more_seeds_reuses_finished_runs(tmp_path, capsys):
+    out = tmp_path / "fig1"
+    assert main(["reproduce", "fig1", "--tiny", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", "fig1", "--tiny", "--seeds", "3", "--out", str(out)]) == 0
+    assert "2 done, 1 to run" in capsys.readouterr().out  # seeds 0 and 1 reused, seed 2 trained
+    with open(out / "fig1.csv", newline="") as f:
+        assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1", "2"}
+    man = json.loads((out / "reproduce.json").read_text())
+    assert "3 seeds" in " ".join(i["text"] for g in man["findings"] for i in g["items"])
+    assert man["settings"]["sweeps"][0]["grid"]["seed"] == [0, 1, 2]
+
+
+def test_paper_plan_hours_follow_seeds(tmp_path, capsys):
+    def hours(*extra):
+        out = tmp_path / f"p{len(extra)}"
+        assert main(["reproduce", "fig1", "--scale", "paper", "--out", str(out), *extra]) == 0
+        text = (out / "paper_plan.md").read_text()
+        return float(re.search(r"≈ ([\d,.]+) GPU-hours", text).group(1).replace(",", ""))
+
+    assert hours("--seeds", "6") == pytest.approx(2 * hours(), rel=0.02)

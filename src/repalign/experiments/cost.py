@@ -144,8 +144,10 @@ def paper_plan(name: str, dataset: str, grid: dict[str, list], overrides: list[s
     return SweepPlan(name, dataset, spec, hours)
 
 
-def paper_commands(fig: str, out: Path, nproc: int = 8, log: Callable[[str], None] = print) -> tuple[list[str], float, bool]:
-    """Write the paper-scale sweep specs/configs; return (commands, GPU-hours, all points done)."""
+def paper_commands(fig: str, out: Path, nproc: int = 8, log: Callable[[str], None] = print,
+                   plans: Sequence[SweepPlan] | None = None) -> tuple[list[str], float, bool]:
+    """Write the paper-scale sweep specs/configs of ``plans`` (default: the figure's paper plans); return
+    (commands, GPU-hours, all points done)."""
     import yaml
 
     from repalign.experiments.figures import FIGS
@@ -153,7 +155,7 @@ def paper_commands(fig: str, out: Path, nproc: int = 8, log: Callable[[str], Non
     cmds: list[str] = []
     hours = 0.0
     all_done = True
-    for plan in FIGS[fig].plans("paper"):
+    for plan in (FIGS[fig].plans("paper") if plans is None else plans):
         spec = _spec(plan, out, 1)
         sw = out / plan.name
         sw.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from repalign.experiments.figures import FIGS
 from repalign.experiments.figures.common import (
     ALIASES, ALIGN_COLS, ARMS_CONTROLS, ARMS_FLOORS, ARMS_FOUR, ARMS_PAIR, ARMS_PAIR_CONTROLS, BASE, CHAOS, COMMON,
     PAIRS_CONTROLS, PAIRS_FLOORS, PAIRS_PAIR_CONTROLS, SCALES, SEEDS, THEORY_COLS, Context, FigureDef, SweepPlan,
-    _spec, _with_aliases, strokes_overrides,
+    _spec, _with_aliases, strokes_overrides, with_seeds,
 )
 from repalign.experiments.figures.fig1 import make_fig1, plans_fig1
 from repalign.experiments.figures.fig2 import make_fig2, plans_fig2
@@ -58,9 +58,11 @@ def _collect(plan: SweepPlan, out: Path) -> list[dict[str, Any]]:
 
 
 def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, processes: int = 1, run: bool = False,
-              log: Callable[[str], None] = print, nproc: int = 8, gpu: str | None = None) -> Path:
+              log: Callable[[str], None] = print, nproc: int = 8, gpu: str | None = None,
+              seeds: int | None = None) -> Path:
     """Build the runs of ``fig`` at ``scale`` (resumable), then write its PNG(s), CSV(s) and report.
-    Returns the output folder. At ``scale='paper'`` without ``run`` only the plan is written
+    ``seeds`` = N replaces the scale's seeds by 0…N−1 (default: :data:`SEEDS`; more seeds narrow the
+    intervals, and the default seeds' finished runs are reused). Returns the output folder. At ``scale='paper'`` without ``run`` only the plan is written
     (``paper_plan.md``) unless every point is already finished; its GPU-hours come from a measured
     ``gpu_check.py`` result for ``gpu`` when one exists, else from the FLOP estimate (:func:`cost_basis`)."""
     if fig not in FIGS:
@@ -71,9 +73,11 @@ def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, proce
     outp = Path(out) if out is not None else Path("runs") / "reproduce" / f"{fig}-{scale}"
     outp.mkdir(parents=True, exist_ok=True)
     plans = d.plans(scale)
+    if seeds is not None:
+        plans = [with_seeds(p, range(seeds)) for p in plans]
     t0 = time.perf_counter()
     if scale == "paper" and not run:
-        cmds, hours, done = paper_commands(fig, outp, nproc, log)
+        cmds, hours, done = paper_commands(fig, outp, nproc, log, plans)
         if not done:
             basis = cost_basis(gpu)
             text = paper_plan_text(fig, outp, cmds, hours * GPU_TFLOPS / basis.tflops, nproc, basis)
@@ -109,6 +113,7 @@ __all__ = [
     # settings (figures/common.py)
     "SEEDS", "CHAOS", "ARMS_PAIR", "ARMS_FOUR", "ARMS_CONTROLS", "ARMS_PAIR_CONTROLS", "ARMS_FLOORS", "PAIRS_CONTROLS",
     "PAIRS_PAIR_CONTROLS", "PAIRS_FLOORS", "BASE", "COMMON", "ALIASES", "ALIGN_COLS", "THEORY_COLS", "strokes_overrides",
+    "with_seeds",
     # figures (figures/<fig>.py)
     "plans_fig1", "make_fig1", "plans_fig2", "make_fig2", "plans_fig3", "make_fig3", "FIG3_C", "FIG3_PER_CLASS",
     "plans_fig4", "make_fig4", "plans_fig5", "make_fig5", "FIG5_B", "plans_weights", "make_weights",

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from repalign.analysis.theory import THEORY_NOTE, theory_rows
+from repalign.config import ConfigError
 from repalign.experiments.sweep import SweepSpec, load_spec
 from repalign.report import plots
 from repalign.report import reference as ref
@@ -144,6 +145,19 @@ def _label(scale: str) -> str:
 
 def _spec(plan: SweepPlan, out: Path, processes: int) -> SweepSpec:
     return load_spec(dict(plan.spec, out=str(out / plan.name), processes=processes))
+
+
+def with_seeds(plan: SweepPlan, seeds: Sequence[int]) -> SweepPlan:
+    """``plan`` with its seed grid replaced by ``seeds`` (``reproduce --seeds``); its GPU-hours scale with the
+    number of seeds. Seeds 0…N−1 include the default ones, so a resumable sweep reuses their finished runs."""
+    grid = plan.spec.get("grid") or {}
+    if "seed" not in grid:
+        raise ConfigError(f"reproduce --seeds: sweep {plan.name!r} has no seed grid")
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"reproduce --seeds: need at least 2 distinct seeds for a confidence interval, got {seeds}")
+    hours = None if plan.gpu_hours is None else plan.gpu_hours * len(seeds) / len(grid["seed"])
+    return replace(plan, spec=dict(plan.spec, grid=dict(grid, seed=seeds)), gpu_hours=hours)
 
 
 # ---------------------------------------------------------------------------- makers
