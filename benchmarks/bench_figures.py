@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from repalign.experiments.reproduce import FIGURES, reproduce  # noqa: E402
 
 LIMIT_S = 25 * 60
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``every`` seconds while a figure runs, so a timing says
+    whether it had the cores to itself (the figure's own process accounts for ≈ its thread count)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2),
+                "samples": len(self.samples)}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         results["figures"].update(old.get("figures", {}))
     for fig in args.figs:
         t0 = time.perf_counter()
-        out = reproduce(fig, args.scale, Path(args.out) / fig, log=lambda s: print(s, flush=True))
+        with LoadSampler() as load:
+            out = reproduce(fig, args.scale, Path(args.out) / fig, log=lambda s: print(s, flush=True))
         secs = time.perf_counter() - t0
         man = json.loads((out / "reproduce.json").read_text())
         results["figures"][fig] = {"seconds": round(secs, 1), "within_limit": secs <= LIMIT_S, "out": str(out),
+                                   "cpus": os.cpu_count(), "threads": torch_threads(), "load_1min": load.summary(),
                                    "tables": man.get("tables", [])}
         path.write_text(json.dumps(results, indent=2, default=str))
         print(f"{fig}: {secs / 60:.1f} min", flush=True)

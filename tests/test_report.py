@@ -208,6 +208,9 @@ def test_theory_rows_normalised_at_first_eval(tmp_path):
 def test_reference_values_from_paper_notes():
     assert reference.lookup("fig4", "linear_cka", "train", tau=0.1)["cifar100"] == 0.853
     assert reference.lookup("fig5", "rsa", "test", batch_size=1024, lr_rule="linear")["mini_imagenet"] == 0.857
+    # the paper's fig 5 is LARS: an SGD run of ours has no paper value to stand beside
+    assert reference.lookup("fig5", "rsa", "test", batch_size=1024, lr_rule="linear", optimizer="lars")
+    assert reference.lookup("fig5", "rsa", "test", batch_size=1024, lr_rule="linear", optimizer="sgd") == {}
     assert reference.lookup("fig2", "linear_cka", "test", pair="cl/nscl", epoch=1200)["cifar100"] == 0.78
     f1 = {r["metric"]: r["value"] for r in reference.reference("fig1")}
     assert f1 == {"weight_angle_deg": 85.7, "repr_angle_deg": 27.8}

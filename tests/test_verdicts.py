@@ -99,6 +99,22 @@ def test_batch_rule_and_weights_and_loss_gap():
     assert vd.claim_loss_gap(gap + [{"gap": 0.6, "bound": 0.5}]).verdict == vd.NOT_REPRODUCED
 
 
+def test_batch_rule_names_cells_without_room():
+    """A fig5 cell whose chaos and noise floors are not ≥ 0.02 apart (calibration rule 2) is named as having no
+    room — in the baselines, and in the reason when it is a LARS cell the verdict rests on."""
+    rows = []
+    for rule in ("linear", "sqrt"):
+        for b in (64, 256):
+            noise = 0.999 if rule == "sqrt" else 0.90  # sqrt: both floors at the ceiling, no room
+            rows += _rows({("cl", "nscl"): 0.95, ("cl", "cl_eps"): 1.0, ("cl", "cl_data"): noise},
+                          {"optimizer": "lars", "lr_rule": rule, "batch_size": b})
+    v = vd.claim_batch_rule(rows)
+    assert "No room" in v.baselines and "LARS sqrt B = 64, LARS sqrt B = 256" in v.baselines
+    assert "LARS linear B" not in v.baselines.split("No room")[1]
+    assert "no room in LARS sqrt B = 64, LARS sqrt B = 256" in v.reason
+    assert "LARS linear: chaos floor 1.000" in v.baselines and "noise floor 0.90" in v.baselines
+
+
 def test_markdown_has_one_row_per_claim(tmp_path):
     text = vd.markdown(vd.verdicts(tmp_path))
     assert text.count("\n| ") == 7 and text.count("not run") == 7
@@ -115,3 +131,6 @@ def test_figure_markdown_renders_findings_and_our_tables(tmp_path):
     md = vd.figure_markdown(tmp_path, seconds=90)
     assert "1.5 min" in md and "- *C = 10*" in md and "NSCL sits above" in md
     assert "| cl vs nscl | 0.9123 |" in md and "n = 4 seeds" in md and "Paper" not in md
+    assert "load not recorded" in md  # an old timing says it may have shared the machine
+    md = vd.figure_markdown(tmp_path, seconds=90, load={"mean": 2.14, "max": 2.61, "samples": 4}, threads=2)
+    assert "1-min load average 2.1 on average, 2.6 at most; the run itself accounts for ≈ 2" in md

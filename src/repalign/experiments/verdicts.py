@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from repalign.analysis.aggregate import pair_values
 from repalign.analysis.stats import Summary, paired_difference, summarize
+from repalign.experiments.calibration import Rule
 from repalign.results import read_summary
 
 __all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown", "figure_markdown"]
@@ -51,6 +52,9 @@ __all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown", "figure_mark
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = ("reproduced", "not reproduced", "inconclusive at CPU scale",
                                                      "not run")
 METRIC, SPLIT, LAYER = "linear_cka", "test", "h"
+#: A cell "has room" when its chaos floor lies above its noise floor by this much (lower end of the paired
+#: interval) — rule 2 of docs/calibration.md, reused so a figure cell is judged by the regime's own bar.
+ROOM = Rule().min_separation
 
 
 @dataclass
@@ -209,7 +213,7 @@ def claim_batch_rule(rows: Sequence[Mapping[str, Any]]) -> Verdict:
     if not rows:
         return v
     rows = [r for r in rows if r.get("kind") in ("align", "baseline")]
-    bits, needed = [], []
+    bits, needed, refs, no_room = [], [], [], []
     for opt in sorted({r.get("optimizer") for r in rows if r.get("optimizer")}, key=lambda o: o != "lars"):
         sub = [r for r in rows if r.get("optimizer") == opt]
         for rule, sign in (("linear", -1), ("sqrt", +1)):
@@ -225,12 +229,32 @@ def claim_batch_rule(rows: Sequence[Mapping[str, Any]]) -> Verdict:
             v.numbers[f"{opt}_{rule}"] = d and d.as_dict()
             if opt == "lars":
                 needed.append(d)
+            # each cell's references, and whether it has room (calibration rule 2: chaos − noise floor, lower end)
+            chaos, noise, lacking = [], [], []
+            for bb in (b_lo, b_hi):
+                vals = _final(by_b[bb])[0]
+                c, n = vals.get(("cl", "cl_eps"), {}), vals.get(("cl", "cl_data"), {})
+                chaos.append(_s(_m(c)) if c else "—")
+                noise.append(_s(_m(n)) if n else "—")
+                sep = paired_difference(c, n) if c and n else None
+                if sep is not None and (sep.lo is None or sep.lo < ROOM):
+                    lacking.append(f"{opt.upper()} {rule} B = {bb}")
+            refs.append(f"{opt.upper()} {rule}: chaos floor {' → '.join(chaos)}, noise floor {' → '.join(noise)} "
+                        f"(B {b_lo} → {b_hi})")
+            no_room += lacking
     if not bits:
         return v
     v.ours = "; ".join(bits) + " (paired; positive = the paper's direction)"
-    v.baselines = "chaos floor per condition in docs/figures/fig5.md"
+    v.baselines = "; ".join(refs)
+    if no_room:
+        v.baselines += (f". No room (chaos − noise floor interval not ≥ {ROOM:g}, calibration rule 2) in: "
+                        + ", ".join(no_room))
     v.verdict, v.reason = judge(needed) if needed else (INCONCLUSIVE, "no LARS runs")
     v.reason += " (verdict on LARS, the paper's optimiser)"
+    lars_lacking = [c for c in no_room if c.startswith("LARS")]
+    if lars_lacking:
+        v.reason += ("; no room in " + ", ".join(lars_lacking) + " (chaos and noise floor not separated by "
+                     f"{ROOM:g}): a difference of the objective cannot show there")
     return v
 
 
@@ -298,14 +322,25 @@ def _cell(v: Any) -> str:
     return "—" if v is None else str(v).replace("|", "/")
 
 
-def figure_markdown(fig_dir: Path, seconds: float | None = None) -> str:
-    """The Findings and tables of one figure's ``reproduce.json`` as Markdown (for docs/figures/FIG.md)."""
+def _load_text(load: Mapping[str, Any] | None, threads: int | None = None) -> str:
+    """How busy the machine was while a figure was timed (``benchmarks/bench_figures.py`` samples the
+    1-minute load average); the figure's own process accounts for about its thread count."""
+    if not load:
+        return "load not recorded; the machine was shared with other jobs"
+    own = f"the run itself accounts for ≈ {threads}" if threads else "the run itself accounts for ≈ its threads"
+    return f"1-min load average {load['mean']:.1f} on average, {load['max']:.1f} at most; {own}"
+
+
+def figure_markdown(fig_dir: Path, seconds: float | None = None, load: Mapping[str, Any] | None = None,
+                    threads: int | None = None) -> str:
+    """The Findings and tables of one figure's ``reproduce.json`` as Markdown (for docs/figures/FIG.md);
+    ``seconds``, ``load`` and ``threads`` come from ``benchmarks/results/figures-cpu.json``."""
     import json
 
     man = json.loads((Path(fig_dir) / "reproduce.json").read_text())
     out = []
     if seconds is not None:
-        out.append(f"Measured: {seconds / 60:.1f} min on the 2-core machine (shared with other jobs).\n")
+        out.append(f"Measured: {seconds / 60:.1f} min on the 2-core machine ({_load_text(load, threads)}).\n")
     out.append("**Findings** (generated from the runs):\n")
     for g in man.get("findings", []):
         if g.get("label"):

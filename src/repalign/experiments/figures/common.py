@@ -223,7 +223,8 @@ def _final_table(ctx: Context, rows: Sequence[Mapping[str, Any]], group_keys: Se
         out.append(row)
         if fig_ref and role == "objective":
             filt = {ALIASES.get(gk, gk): gv for gk, gv in zip(group_keys, g) if ALIASES.get(gk, gk) != "seed"}
-            filt = {fk: fv for fk, fv in filt.items() if fk in ("tau", "batch_size", "lr_rule", "num_classes")}
+            filt = {fk: fv for fk, fv in filt.items()
+                    if fk in ("tau", "batch_size", "lr_rule", "num_classes", "optimizer")}
             for m in ("linear_cka", "rsa"):
                 refs = ref.reference(fig_ref, metric=m, pair=f"cl/{b}", **filt)
                 if fig_ref == "fig2":
