@@ -326,7 +326,7 @@ def _load_text(load: Mapping[str, Any] | None, threads: int | None = None) -> st
     """How busy the machine was while a figure was timed (``benchmarks/bench_figures.py`` samples the
     1-minute load average); the figure's own process accounts for about its thread count."""
     if not load:
-        return "load not recorded; the machine was shared with other jobs"
+        return "load not recorded: the time may include other jobs on the same cores"
     own = f"the run itself accounts for ≈ {threads}" if threads else "the run itself accounts for ≈ its threads"
     return f"1-min load average {load['mean']:.1f} on average, {load['max']:.1f} at most; {own}"
 
