@@ -39,6 +39,14 @@ def test_t_interval_equals_scipy(xs, level):
     assert got[1] == pytest.approx(want[1], rel=1e-9, abs=1e-12)
 
 
+def test_summary_text_keeps_tiny_decided_differences_visible():
+    s = summarize([-2e-5, -3e-5, -2.5e-5, -1.5e-5])
+    assert s.hi < 0 and s.text() == f"{s.mean:.2g} [{s.lo:.2g}, {s.hi:.2g}]" and "-0.000" not in s.text()
+    assert summarize([0.0, 0.0]).text() == "0.000 [0.000, 0.000]"  # exact zeros stay plain
+    assert summarize([0.001, 0.002, 0.003]).text() == "0.002 [-0.000, 0.004]"  # one visible number: fixed digits
+    assert summarize([0.5]).text(1) == "0.5"
+
+
 def test_summarize_and_bootstrap():
     s = summarize([0.5])
     assert (s.n, s.lo, s.hi, s.std, s.method) == (1, None, None, None, "none") and s.text() == "0.500"

@@ -161,6 +161,30 @@ def test_alignment_axis_and_controls(tmp_path):
     assert ax.get_xscale() == "symlog" and "optimiser step" in ax.get_xlabel() and "1 epoch = 5 steps" in ax.get_xlabel()
 
 
+def test_final_vs_draws_each_groups_floors():
+    """fig5's B plot: every rule's chaos and noise floors beside CL–NSCL, at their seed means."""
+    rows = []
+    for rule, base in (("linear", 0.90), ("sqrt", 0.95)):
+        for b in (64, 256):
+            for s, e in ((0, 0.01), (1, -0.01)):
+                for (a, bb), ctl, v in ((("cl", "nscl"), "", base), (("cl", "cl_eps"), "chaos", 0.99),
+                                        (("cl", "cl_data"), "noise_data", base - 0.1)):
+                    rows.append({"kind": "align", "split": "test", "layer": "h", "epoch": 10, "arm_a": a, "arm_b": bb,
+                                 "control": ctl, "lr_rule": rule, "batch_size": b, "seed": s,
+                                 "linear_cka": v + e, "rsa": v})
+    fig = plots.plot_final_vs(rows, "batch_size", "lr_rule", controls=[("cl", "cl_eps"), ("cl", "cl_data")],
+                              title="mine")
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "lr_rule=sqrt: chaos floor (mean, n = 2)" in labels
+    assert "lr_rule=linear: noise floor (own data) (mean, n = 2)" in labels
+    assert "lr_rule=linear (mean ± 95 % CI, n = 2)" in labels and ax.get_title() == "mine"
+    by = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert by["lr_rule=linear: noise floor (own data) (mean, n = 2)"] == pytest.approx([0.80, 0.80])
+    assert by["lr_rule=sqrt: chaos floor (mean, n = 2)"] == pytest.approx([0.99, 0.99])
+    assert len(plots.plot_final_vs(rows, "batch_size", "lr_rule").axes[0].get_lines()) == 2  # no controls asked
+
+
 def test_bound_shape_log_space_matches_direct_formula():
     S = np.array([0.0, 0.5, 3.0, 10.0])
     tau, C, B = 0.5, 10, 256

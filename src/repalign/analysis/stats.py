@@ -46,8 +46,14 @@ class Summary:
         return {f"{prefix}{k}": v for k, v in d.items()}
 
     def text(self, digits: int = 3) -> str:
-        """``0.901 [0.880, 0.922]`` (n > 1) or ``0.901`` (n = 1)."""
+        """``0.901 [0.880, 0.922]`` (n > 1) or ``0.901`` (n = 1). When every number would print as ±0 at
+        ``digits`` decimals but is not 0 (e.g. a margin of 2e-5 between two CKAs at the ceiling), two
+        significant digits are shown instead (``-2.1e-05 [-3e-05, -1.2e-05]``), so a tiny difference that
+        the interval decides does not read as "-0.000 [-0.000, -0.000]"."""
         f = f"{{:.{digits}f}}"
+        shown = [x for x in (self.mean, self.lo, self.hi) if x is not None]
+        if any(x != 0 for x in shown) and all(abs(x) < 0.5 * 10 ** -digits for x in shown):
+            f = "{:.2g}"
         if self.lo is None or self.hi is None:
             return f.format(self.mean)
         return f"{f.format(self.mean)} [{f.format(self.lo)}, {f.format(self.hi)}]"

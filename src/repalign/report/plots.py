@@ -61,7 +61,7 @@ def _line(ax, rows, x, y, label, col, ls="-", marker="o", band=True, control=Fal
     xs, m, lo, hi, n = aggregate(rows, x, y)
     if not len(xs):
         return None
-    lab = label + (f" (mean ± 95 % CI, n = {n})" if n > 1 else "")
+    lab = label + ((f" (mean ± 95 % CI, n = {n})" if band or control else f" (mean, n = {n})") if n > 1 else "")
     if control:  # reference level: grey, dashed, shaded
         (h,) = ax.plot(xs, m, "--", color=col, lw=1.2, label=lab, zorder=1)
         ax.fill_between(xs, lo if n > 1 else m, hi if n > 1 else m, color=col, alpha=0.25, lw=0, zorder=0)
@@ -495,20 +495,31 @@ def plot_heatmaps(rows: Iterable[Mapping[str, Any]], row_key: str = "num_classes
 def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str | None,
                   metrics: Sequence[str] = ("linear_cka", "rsa"), pair: tuple[str, str] = ("cl", "nscl"),
                   split: str = "test", layer: str = "h", log_x: bool = True,
-                  reference: Sequence[Mapping[str, Any]] | None = None) -> Figure:
+                  reference: Sequence[Mapping[str, Any]] | None = None,
+                  controls: Sequence[tuple[str, str]] = (), title: str | None = None) -> Figure:
     """Final-epoch alignment of one pair against ``x_key`` (e.g. batch size), one curve per ``group_key``
-    value (e.g. lr rule); paper reference points (hollow markers) when given."""
-    rows = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
-            and r.get("layer", "h") == layer and (r["arm_a"], r["arm_b"]) == tuple(pair)]
+    value (e.g. lr rule); paper reference points (hollow markers) when given. Each pair in ``controls``
+    (e.g. the chaos floor ``("cl", "cl_eps")`` and noise floor ``("cl", "cl_data")``) is drawn per group in
+    the group's colour without markers — dashed for the first control, dotted for the next — so every
+    point can be read against its own floors."""
+    every = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
+             and r.get("layer", "h") == layer]
+    rows = [r for r in every if (r["arm_a"], r["arm_b"]) == tuple(pair)]
     last = max((r["epoch"] for r in rows), default=None)
     rows = [r for r in rows if r["epoch"] == last]
-    fig, axes = new_figure(1, len(metrics))
+    ctrl_rows = {c: [r for r in every if (r["arm_a"], r["arm_b"]) == tuple(c) and r["epoch"] == last] for c in controls}
+    fig, axes = new_figure(1, len(metrics), h=4.6 if controls else 3.6)
     groups = _values_of(rows, group_key) if group_key else [None]
     for i, metric in enumerate(metrics):
         ax = axes[0, i]
         for k, g in enumerate(groups):
             rr = [r for r in rows if g is None or r.get(group_key) == g]
             _line(ax, rr, x_key, metric, f"{group_key}={g}" if g is not None else pair_label(*pair), OKABE_ITO[k % 8])
+            for j, c in enumerate(controls):
+                cr = [r for r in ctrl_rows[c] if g is None or r.get(group_key) == g]
+                name = CONTROL_NAMES.get(str(cr[0].get("control")), pair_label(*c)) if cr else pair_label(*c)
+                _line(ax, cr, x_key, metric, (f"{group_key}={g}: " if g is not None else "") + name,
+                      OKABE_ITO[k % 8], ls="--" if j == 0 else ":", marker="", band=False)
             if reference:
                 ref = [r for r in reference if r["metric"] == metric and (g is None or r.get(group_key) == g)
                        and r["split"] in (split, "both")]
@@ -519,9 +530,11 @@ def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str 
             ax.set_xscale("log", base=2)
         ax.set_xlabel(x_key.replace("batch_size", "batch size B (log2 scale)"))
         ax.set_ylabel(f"{metric_label(metric)} (unitless)")
-        ax.set_title(f"{pair_label(*pair)} at the last epoch ({last}), {split}", fontsize=9)
+        ax.set_title(title or f"{pair_label(*pair)} at the last epoch ({last}), {split}", fontsize=9)
         ax.grid(alpha=0.3)
-        if rows:
+        if rows and controls:  # many entries: below the axes, off the lines
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        elif rows:
             ax.legend(fontsize=6)
     return fig
 

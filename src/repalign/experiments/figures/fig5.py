@@ -11,6 +11,7 @@ from repalign.experiments.figures.common import (
 from repalign.report import plots
 
 FIG5_B = [64, 256]
+CHAOS_PAIR, NOISE_PAIR = ("cl", "cl_eps"), ("cl", "cl_data")
 
 
 def plans_fig5(scale: str) -> list[SweepPlan]:
@@ -37,17 +38,20 @@ def make_fig5(ctx: Context) -> None:
     opts = sorted({r.get("optimizer") for r in rows_all if r.get("optimizer")}) or [None]
     for i, (ds, rows) in enumerate(_by_dataset(ctx).items()):
         for opt in opts:
-            al = [r for r in _align(rows) if (opt is None or r.get("optimizer") == opt) and
-                  (r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl"))]
+            mine = [r for r in _align(rows) if opt is None or r.get("optimizer") == opt]
+            al = [r for r in mine if r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
+            floors = [p for p in (CHAOS_PAIR, NOISE_PAIR) if any((r.get("arm_a"), r.get("arm_b")) == p for r in mine)]
             for r in al:
                 r["rule_B"] = f"{r.get('lr_rule')}, B={r.get('batch_size')}"
             tag = "" if opt is None or opt == opts[0] else f"_{opt}"
             sfx = "" if i == 0 else f"_{ds}"
             what = f"{ds}" + (f", {opt.upper()}" if opt else "")
             rules = ", ".join(sorted({str(r.get("lr_rule")) for r in al if r.get("lr_rule")}))
-            ctx.save(plots.plot_final_vs(al, "batch_size", "lr_rule", reference=None), f"fig5{tag}{sfx}",
+            ctx.save(plots.plot_final_vs(mine, "batch_size", "lr_rule", reference=None, controls=floors,
+                                         title=f"cl vs nscl at the last evaluation, test ({what})"), f"fig5{tag}{sfx}",
                      f"CL–NSCL alignment at the last evaluation against batch size B per lr rule ({rules}; {what}); "
-                     "mean and 95 % CI over seeds.")
+                     "mean and 95 % CI over seeds; dashed: each rule's chaos floor (cl vs cl_eps), dotted: its noise "
+                     "floor (cl vs cl_data), as mean over seeds.")
             ctx.save(plots.plot_alignment(al, group_key="rule_B", splits=("test",)), f"fig5_curves{tag}{sfx}",
                      f"CL–NSCL alignment over training per (rule, B) ({what}, test); dotted: untrained baseline.")
     al = _align(rows_all)
