@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from repalign.experiments.reproduce import FIGURES, reproduce  # noqa: E402
+from repalign.training.checkpoint import write_atomic  # noqa: E402
 
 LIMIT_S = 25 * 60
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         results["figures"][fig] = {"seconds": round(secs, 1), "within_limit": secs <= LIMIT_S, "out": str(out),
                                    "cpus": os.cpu_count(), "threads": torch_threads(), "load_1min": load.summary(),
                                    "tables": man.get("tables", [])}
-        path.write_text(json.dumps(results, indent=2, default=str))
+        write_atomic(path, json.dumps(results, indent=2, default=str).encode())  # kill -9 leaves the old file
         print(f"{fig}: {secs / 60:.1f} min", flush=True)
     print("\n| figure | CPU time (min) | ≤ 25 min |\n|---|---|---|")
     for fig, r in results["figures"].items():

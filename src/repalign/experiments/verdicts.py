@@ -44,7 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from repalign.analysis.aggregate import pair_values
 from repalign.analysis.stats import Summary, paired_difference, summarize
-from repalign.experiments.calibration import Rule
+from repalign.experiments.calibration import Rule, setting_rows
 from repalign.results import read_summary
 
 __all__ = ["Verdict", "read_rows", "judge", "verdicts", "markdown", "figure_markdown"]
@@ -229,29 +229,24 @@ def claim_batch_rule(rows: Sequence[Mapping[str, Any]]) -> Verdict:
             v.numbers[f"{opt}_{rule}"] = d and d.as_dict()
             if opt == "lars":
                 needed.append(d)
-            # each cell's references, and whether it has room (calibration rule 2: chaos − noise floor, lower end)
-            chaos, noise, lacking = [], [], []
-            for bb in (b_lo, b_hi):
-                vals = _final(by_b[bb])[0]
-                c, n = vals.get(("cl", "cl_eps"), {}), vals.get(("cl", "cl_data"), {})
-                chaos.append(_s(_m(c)) if c else "—")
-                noise.append(_s(_m(n)) if n else "—")
-                sep = paired_difference(c, n) if c and n else None
-                if sep is not None and (sep.lo is None or sep.lo < ROOM):
-                    lacking.append(f"{opt.upper()} {rule} B = {bb}")
-            refs.append(f"{opt.upper()} {rule}: chaos floor {' → '.join(chaos)}, noise floor {' → '.join(noise)} "
-                        f"(B {b_lo} → {b_hi})")
-            no_room += lacking
+            # each cell's floors and whether it has room: the calibration rule's own per-setting check
+            cells = {s["batch_size"]: s for s in setting_rows([r for r in sub if r.get("lr_rule") == rule],
+                                                              ["batch_size"])}
+            lo_c, hi_c = cells[b_lo], cells[b_hi]
+            refs.append(f"{opt.upper()} {rule}: chaos floor {_s(lo_c['chaos_floor'])} → {_s(hi_c['chaos_floor'])}, "
+                        f"noise floor {_s(lo_c['noise_floor'])} → {_s(hi_c['noise_floor'])} (B {b_lo} → {b_hi})")
+            no_room += [(opt, f"{opt.upper()} {rule} B = {bb}") for bb in (b_lo, b_hi)
+                        if cells[bb]["separation"] is not None and not cells[bb]["rule2_room"]]
     if not bits:
         return v
     v.ours = "; ".join(bits) + " (paired; positive = the paper's direction)"
     v.baselines = "; ".join(refs)
     if no_room:
         v.baselines += (f". No room (chaos − noise floor interval not ≥ {ROOM:g}, calibration rule 2) in: "
-                        + ", ".join(no_room))
+                        + ", ".join(label for _, label in no_room))
     v.verdict, v.reason = judge(needed) if needed else (INCONCLUSIVE, "no LARS runs")
     v.reason += " (verdict on LARS, the paper's optimiser)"
-    lars_lacking = [c for c in no_room if c.startswith("LARS")]
+    lars_lacking = [label for opt, label in no_room if opt == "lars"]
     if lars_lacking:
         v.reason += ("; no room in " + ", ".join(lars_lacking) + " (chaos and noise floor not separated by "
                      f"{ROOM:g}): a difference of the objective cannot show there")

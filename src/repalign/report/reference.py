@@ -84,12 +84,11 @@ _FIG5 = {
     ("fourth_root", "linear_cka"): {256: (0.9953, 0.9950), 512: (0.9946, 0.9948), 1024: (0.9958, 0.9956)},
     ("fourth_root", "rsa"): {256: (0.9923, 0.9921), 512: (0.9923, 0.9923), 1024: (0.9937, 0.9938)},
 }
-for (_rule, _metric), _d in _FIG5.items():  # the paper trains fig 5 with LARS
-    for _b, (_tr, _te) in _d.items():
-        _add("fig5", "mini_imagenet", _metric, _tr, split="train", epoch=200, approx=False, batch_size=_b, lr_rule=_rule,
-         optimizer="lars")
-        _add("fig5", "mini_imagenet", _metric, _te, split="test", epoch=200, approx=False, batch_size=_b, lr_rule=_rule,
-         optimizer="lars")
+for (_rule, _metric), _d in _FIG5.items():
+    for _b, _vals in _d.items():
+        for _split, _v in zip(("train", "test"), _vals):  # the paper trains fig 5 with LARS
+            _add("fig5", "mini_imagenet", _metric, _v, split=_split, epoch=200, approx=False, batch_size=_b,
+                 lr_rule=_rule, optimizer="lars")
 
 # ---- loss gap vs C (predecessor arXiv 2506.04411, CIFAR-100, midpoints of read-off ranges)
 for _c, _gap in ((2, 0.75), (10, 0.13), (20, 0.065), (40, 0.035), (100, 0.01)):

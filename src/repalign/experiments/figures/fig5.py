@@ -11,7 +11,6 @@ from repalign.experiments.figures.common import (
 from repalign.report import plots
 
 FIG5_B = [64, 256]
-CHAOS_PAIR, NOISE_PAIR = ("cl", "cl_eps"), ("cl", "cl_data")
 
 
 def plans_fig5(scale: str) -> list[SweepPlan]:
@@ -40,7 +39,9 @@ def make_fig5(ctx: Context) -> None:
         for opt in opts:
             mine = [r for r in _align(rows) if opt is None or r.get("optimizer") == opt]
             al = [r for r in mine if r.get("kind") == "baseline" or (r.get("arm_a"), r.get("arm_b")) == ("cl", "nscl")]
-            floors = [p for p in (CHAOS_PAIR, NOISE_PAIR) if any((r.get("arm_a"), r.get("arm_b")) == p for r in mine)]
+            # the floors are whatever pairs the runs mark as chaos / noise_data controls (chaos first: dashed)
+            floors = list(dict.fromkeys((r["arm_a"], r["arm_b"]) for ctl in ("chaos", "noise_data") for r in mine
+                                        if r.get("control") == ctl))
             for r in al:
                 r["rule_B"] = f"{r.get('lr_rule')}, B={r.get('batch_size')}"
             tag = "" if opt is None or opt == opts[0] else f"_{opt}"
