@@ -92,3 +92,24 @@ def test_per_seed_slopes_use_every_condition():
     sl_log = stats.per_seed_slopes({10: {0: 1.0}, 100: {0: 2.0}}, transform=math.log10)
     assert sl_log[0] == pytest.approx(1.0)
     assert stats.per_seed_slopes({1.0: {0: 1.0}}) == {}  # one condition: no slope
+
+
+def test_structure_fit_relation_slope_monotone_and_proportional():
+    from repalign.analysis import structure
+
+    jit = {0: 1.00, 1: 1.02, 2: 0.98, 3: 1.01}
+    xs = {"k2": 0.7, "k10": 0.12, "k50": 0.03, "k100": 0.015}
+    prop = {a: {s: (x, 3.0 * x * j * (1 + 0.01 * i)) for s, j in jit.items()} for i, (a, x) in enumerate(xs.items())}
+    f = structure.fit_relation(prop)
+    ref = np.mean([np.polyfit([p[s][0] for p in prop.values()], [p[s][1] for p in prop.values()], 1)[0] for s in jit])
+    assert f["slope"].mean == pytest.approx(ref, rel=1e-9) and f["monotone"]
+    assert f["elasticity"].lo <= 1 <= f["elasticity"].hi and f["proportional"] == "consistent"
+    sq = {a: {s: (x, x * x * j) for s, j in jit.items()} for a, x in xs.items()}
+    assert structure.fit_relation(sq)["proportional"] == "faster"
+    down = {a: {s: (x, 1 - x * j) for s, j in jit.items()} for a, x in xs.items()}
+    fd = structure.fit_relation(down)
+    assert not fd["monotone"] and fd["slope"].hi < 0 and fd["spearman"].mean == pytest.approx(-1.0)
+    assert "not decided monotone" in structure.relation_text(fd)
+    rows = [{"seed": s, "S_T": S, "sim_gap": (S ** 2) * j, "tau": 0.5} for s, j in jit.items() for S in (0.0, 0.5, 1, 2)]
+    g = structure.growth_over_training(rows, "tau")
+    assert g[0.5].mean == pytest.approx(2.0)

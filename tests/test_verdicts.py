@@ -117,7 +117,10 @@ def test_batch_rule_names_cells_without_room():
 
 def test_markdown_has_one_row_per_claim(tmp_path):
     text = vd.markdown(vd.verdicts(tmp_path))
-    assert text.count("\n| ") == 7 and text.count("not run") == 7
+    # 7 claims of issue 9 + claim 3's granularity design (3b) + the mechanism row (8), issue 18
+    assert text.count("\n| ") == 9 and text.count("**not run**") == 9
+    assert text.count("not run yet") == 2  # the issue-18 designs say so until their CSVs exist
+    assert "Holm over the m = 0 primary tests" in text and "uncorrected and exploratory" in text
 
 
 def test_figure_markdown_renders_findings_and_our_tables(tmp_path):
@@ -134,3 +137,122 @@ def test_figure_markdown_renders_findings_and_our_tables(tmp_path):
     assert "load not recorded" in md  # an old timing says it may have shared the machine
     md = vd.figure_markdown(tmp_path, seconds=90, load={"mean": 2.14, "max": 2.61, "samples": 4}, threads=2)
     assert "1-min load average 2.1 on average, 2.6 at most; the run itself accounts for ≈ 2" in md
+
+
+# ---------------------------------------------------------------------------- issue 18
+def _trend_rows(key: str, conds: dict, nscl_jitter=(0.004, -0.003, 0.002, -0.001),
+                noise_jitter=(0.001, 0.002, -0.002, -0.001)) -> list[dict]:
+    """CL–NSCL and the noise floor per condition: ``conds[x] = (nscl, noise)``; independent per-seed jitter."""
+    rows = []
+    for x, (nscl, noise) in conds.items():
+        for s in SEEDS:
+            for step in (0, 10):
+                for b, val, j in (("nscl", nscl, nscl_jitter), ("cl_data", noise, noise_jitter),
+                                  ("cl_eps", 0.99, (0, 0, 0, 0))):
+                    v = val + j[s] * (1 + 0.5 * (x == max(conds))) if step == 10 else 1.0
+                    rows.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h",
+                                 "arm_a": "cl", "arm_b": b, "control": {"nscl": ""}.get(b, b), "linear_cka": v,
+                                 key: x})
+    return rows
+
+
+@pytest.mark.parametrize("sign", [+1, -1])
+def test_trend_rule_is_symmetric_a_data_only_trend_is_inconclusive_either_way(tmp_path, sign):
+    # CL–NSCL moves by 0.1 per decade in direction `sign`, and the noise floor moves with it: a trend of the data
+    conds = {10: (0.85, 0.80), 100: (0.85 + sign * 0.1, 0.80 + sign * 0.1)}
+    rows = _trend_rows("num_classes", conds)
+    _write(tmp_path / "fig3" / "fig3.csv", rows)
+    v = vd.claim_grows_with_c(vd.read_rows(tmp_path / "fig3" / "fig3.csv"))
+    assert v.numbers["slope"]["ci_lo"] * sign > 0  # the raw slope is decided, in either direction
+    assert v.verdict == vd.INCONCLUSIVE and "margin over the noise floor" in v.reason
+    assert ("falls" if sign < 0 else "rises") in v.reason
+    # the margin moves too → decided the same way as the raw slope
+    conds2 = {10: (0.85, 0.80), 100: (0.85 + sign * 0.1, 0.80)}
+    v2 = vd.claim_grows_with_c(_trend_rows("num_classes", conds2))
+    assert v2.verdict == (vd.REPRODUCED if sign > 0 else vd.NOT_REPRODUCED)
+    # raw decided one way, margin decided the other → inconclusive, not a verdict
+    conds3 = {10: (0.85, 0.80), 100: (0.85 + sign * 0.1, 0.80 + sign * 0.2)}
+    assert vd.claim_grows_with_c(_trend_rows("num_classes", conds3)).verdict == vd.INCONCLUSIVE
+
+
+def test_trend_uses_every_condition_not_only_the_end_points():
+    # end points equal, middle condition far above: the end-point difference is 0, the slope over log10(τ) is not
+    # — and a slope that is 0 while the middle is high must stay undecided, never "reproduced"
+    conds = {0.1: (0.90, 0.85), 0.3: (0.99, 0.85), 1.0: (0.90, 0.85)}
+    v = vd.claim_grows_with_tau(_trend_rows("tau", conds))
+    assert abs(v.numbers["raw"]["mean"]) < 0.01
+    assert v.verdict == vd.INCONCLUSIVE
+    # the slope is the per-seed OLS fit over all three conditions (reference: numpy polyfit per seed)
+    import numpy as np
+
+    up = {0.1: (0.80, 0.80), 0.2: (0.88, 0.80), 1.0: (0.90, 0.80)}
+    v = vd.claim_grows_with_tau(_trend_rows("tau", up))
+    jit = (0.004, -0.003, 0.002, -0.001)
+    ref = np.mean([np.polyfit(np.log10(list(up)), [up[x][0] + jit[s] * (1 + 0.5 * (x == 1.0)) for x in up], 1)[0]
+                   for s in SEEDS])
+    assert v.numbers["slope"]["mean"] == pytest.approx(ref, rel=1e-9)
+    assert v.verdict == vd.REPRODUCED
+
+
+def test_verdict_table_has_raw_and_holm_p_mde_and_room(tmp_path):
+    rows = _rows({("cl", "nscl"): 0.90, ("cl", "scl"): 0.80, ("cl", "ce"): 0.85, ("cl", "cl_eps"): 0.97,
+                  ("cl", "cl_data"): 0.88})
+    _write(tmp_path / "fig2" / "fig2.csv", rows)
+    _write(tmp_path / "fig3" / "fig3.csv", _trend_rows("num_classes", {10: (0.85, 0.80), 100: (0.95, 0.80)}))
+    vs = vd.verdicts(tmp_path)
+    fam = [v for v in vs if v.p is not None]
+    assert len(fam) == 3  # rows 1, 2 and 3a; lossgap is a deterministic count, not a test
+    from repalign.analysis.stats import holm
+    assert [v.p_holm for v in fam] == pytest.approx(holm([v.p for v in fam]))
+    assert all(v.p_holm >= v.p for v in fam)
+    text = vd.markdown(vs)
+    assert "p raw / Holm" in text and "MDE" in text and "m = 3 primary tests" in text
+    assert "room (rule 2" in text
+    # the MDE is the closed form at the binding comparison's n and sd
+    from repalign.analysis.stats import mde
+    v1 = vs[0]
+    d = [0.90 + e - 0.80 for e in NOISE]  # NSCL − SCL per seed (binding: the larger p)
+    import statistics
+    assert v1.mde.startswith(f"{mde(statistics.stdev(d), 4):.3g}")
+
+
+def test_equivalence_to_the_chaos_floor_needs_a_tost():
+    # NSCL 0.005 below the chaos floor on every seed, band 0.1 → margin 0.05: equivalent
+    close = _rows({("cl", "nscl"): 0.965, ("cl", "cl_eps"): 0.97, ("cl", "cl_data"): 0.87})
+    v = vd.claim_above_noise(close)
+    assert v.numbers["tost_chaos"]["equivalent"] and "equivalent to the chaos floor within ±0.05" in v.reason
+    # noisy: the interval contains 0 but the TOST fails → "not decidably different", never "equals"
+    noisy = _rows({("cl", "nscl"): 0.96, ("cl", "cl_eps"): 0.97, ("cl", "cl_data"): 0.955}, jitter=8.0)
+    v = vd.claim_above_noise(noisy)
+    assert not v.numbers["tost_chaos"]["equivalent"]
+    assert "not decidably different from the chaos floor" in v.reason and "equivalent to" not in v.reason
+
+
+def test_two_stage_follow_up_is_labelled(tmp_path):
+    rows = _rows({("cl", "nscl"): 0.90, ("cl", "scl"): 0.80, ("cl", "ce"): 0.85})
+    _write(tmp_path / "fu" / "fig2.csv", rows)
+    vs = vd.verdicts(tmp_path, follow_up={"fig2": tmp_path / "fu"})
+    assert "two-stage follow-up" in vs[0].stage and "two-stage follow-up" in vs[1].stage
+    assert "two-stage follow-up" in vd.markdown(vs)
+
+
+def test_granularity_and_mechanism_rows_appear_when_their_csvs_exist(tmp_path):
+    rows, gaps = [], []
+    for s, e in zip(SEEDS, NOISE):
+        for k, cka, gap in ((2, 0.90, 0.7), (10, 0.93, 0.12), (100, 0.95, 0.02)):
+            for step in (0, 10):
+                rows.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": "cl",
+                             "arm_b": f"nscl_k{k}", "control": "", "label_groups": k, "num_classes": 100,
+                             "linear_cka": cka + e if step else 1.0, "sim_gap": (10 * gap + e) if step else 0.0})
+            gaps.append({"seed": s, "arm": f"nscl_k{k}", "gap": gap + e / 10})
+        for b, val in (("cl_eps", 0.97), ("cl_data", 0.85)):
+            for step in (0, 10):
+                rows.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h", "arm_a": "cl",
+                             "arm_b": b, "control": b, "num_classes": 100, "linear_cka": val + e if step else 1.0})
+    _write(tmp_path / "granularity" / "granularity.csv", rows)
+    _write(tmp_path / "granularity" / "granularity_lossgap.csv", gaps)
+    vs = {v.key: v for v in vd.verdicts(tmp_path)}
+    assert vs["3b"].verdict == vd.REPRODUCED and vs["3b"].numbers["K"] == [2.0, 10.0, 100.0]
+    m = vs["8"]
+    assert m.verdict == vd.INCONCLUSIVE and "only one design" in m.reason  # the α design is missing
+    assert "monotone increasing" in m.baselines and m.p is not None
