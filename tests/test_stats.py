@@ -99,7 +99,7 @@ def test_structure_fit_relation_slope_monotone_and_proportional():
 
     jit = {0: 1.00, 1: 1.02, 2: 0.98, 3: 1.01}
     xs = {"k2": 0.7, "k10": 0.12, "k50": 0.03, "k100": 0.015}
-    prop = {a: {s: (x, 3.0 * x * j * (1 + 0.01 * i)) for s, j in jit.items()} for i, (a, x) in enumerate(xs.items())}
+    prop = {a: {s: (x, 3.0 * x * j * (1 + 0.02 * (i - 1.5) * (-1) ** s)) for s, j in jit.items()} for i, (a, x) in enumerate(xs.items())}
     f = structure.fit_relation(prop)
     ref = np.mean([np.polyfit([p[s][0] for p in prop.values()], [p[s][1] for p in prop.values()], 1)[0] for s in jit])
     assert f["slope"].mean == pytest.approx(ref, rel=1e-9) and f["monotone"]
