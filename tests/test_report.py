@@ -225,8 +225,45 @@ def test_theory_rows_normalised_at_first_eval(tmp_path):
     assert [t["epoch"] for t in th] == [0, 1, 2, 3, 4]
     assert th[0]["bound_shape"] == 0.0 and th[1]["bound_shape"] == pytest.approx(th[1]["sim_gap"])
     assert all(th[i + 1]["S_T"] > th[i]["S_T"] for i in range(4))
-    assert th[2]["cka_lower_bound"] == pytest.approx((1 - 0.1) / (1 + 0.1))
+    # issue 18: the uncentred sim_gap_rel is not Cor. 1's ρ — without the centred ρ there is no bound
+    assert math.isnan(th[2]["cka_lower_bound"]) and th[2]["bound_status"] == "rho not recorded"
     assert th[0]["arm_b"] == "nscl" and th[0]["num_classes"] == 10 and th[0]["tau"] == 0.5
+    # with the centred ρ (0.3·epoch here) the bound is (1 − ρ)/(1 + ρ) where ρ < 1 and vacuous elsewhere
+    from repalign.results import read_meta, read_rows
+
+    rows = [dict(r, sim_gap_centred_rel=0.3 * r["epoch"]) if r.get("kind") == "align" else r for r in read_rows(run)]
+    th = theory.theory_rows(rows, yaml.safe_load((run / "config.yaml").read_text()), read_meta(run))
+    assert th[2]["cka_lower_bound"] == pytest.approx((1 - 0.6) / (1 + 0.6)) and th[2]["bound_status"] == "bound"
+    assert math.isnan(th[4]["cka_lower_bound"]) and th[4]["bound_status"] == "vacuous (rho >= 1)"
+    assert th[2]["cka_cos"] == pytest.approx(math.cos(math.radians(6.0)))  # cos of the representation angle
+    fig = plots.plot_theory(th)
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert any("vacuous (ρ ≥ 1) at 1 of 5 evaluations" in t for t in texts)
+
+
+def test_corollary_bound_holds_for_the_cosine_kernel_cka_and_the_old_rho_did_not():
+    """Cor. 1 with the centred ρ is a triangle inequality: on any two representations the cosine-kernel CKA is ≥
+    (1 − ρ)/(1 + ρ). The uncentred ρ (sim_gap_rel) the overlay used before issue 18 gave a 'bound' above the
+    measured CKA (the report's contradiction)."""
+    import torch
+
+    from repalign.metrics.similarity import representation_metrics
+
+    rng = np.random.default_rng(0)
+    X = np.maximum(rng.standard_normal((300, 32)), 0) + 0.1  # ReLU-like features: all cosines positive
+    old_violates = False
+    for s in (0.05, 0.2, 0.5, 1.0, 3.0):
+        Y = np.maximum(X + s * rng.standard_normal(X.shape), 0)
+        m = representation_metrics(torch.tensor(X), torch.tensor(Y))
+        rho, cka_cos, bound, status = theory.corollary_bound(m)
+        assert rho == m["sim_gap_centred_rel"]
+        if status == "bound":
+            assert cka_cos >= bound - 1e-12
+        else:
+            assert status == "vacuous (rho >= 1)" and rho >= 1 and math.isnan(bound)
+        old = (1 - m["sim_gap_rel"]) / (1 + m["sim_gap_rel"])
+        old_violates |= old > m["linear_cka"]
+    assert old_violates
 
 
 def test_reference_values_from_paper_notes():

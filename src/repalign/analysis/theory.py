@@ -8,8 +8,17 @@ computed in log space (``e^{2/τ}`` is 4.9e8 at τ = 0.1 and ``exp(S_T/(2τ²B))
 precision in realistic runs). Because the constants are unknown, the curve is only *normalised*
 to the measured similarity gap at the first evaluation after epoch 0 and the *trend* is compared.
 
-CKA lower bound (Cor. 1): ``CKA_T ≥ (1 − ρ_T)/(1 + ρ_T)`` with ρ the measured relative gap
-(``sim_gap_rel`` of the ``align`` rows); informative only when ρ < 1.
+CKA lower bound (Cor. 1; paper-notes §2.3): for the centred similarity matrices ``a = HΣ_aH``, ``b = HΣ_bH``
+with ``‖a − b‖_F ≤ ρ‖b‖_F``, ``cos(a, b) ≥ (1 − ρ)/(1 + ρ)``. So the bound is on the CKA *of the cosine
+kernel* — ``CKA_cos = ⟨HΣ_aH, HΣ_bH⟩/(‖HΣ_aH‖‖HΣ_bH‖)`` = linear CKA of the unit-normalised rows =
+``cos(repr_angle_deg)`` — with ``ρ = sim_gap_centred_rel = ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F``; it holds for any
+two representations (a triangle inequality, no training assumption) and is a bound only when ρ < 1 (at
+ρ ≥ 1 it is ≤ 0: vacuous). Issue 18: the overlay used to plot it with the *uncentred* relative gap
+``sim_gap_rel = ‖Σ_a − Σ_b‖_F / ‖Σ_b‖_F`` against the linear CKA of the raw features h. ``‖Σ_b‖_F`` carries
+the mean cosine similarity (all positive for ReLU features), so that ρ was many times too small and the
+"bound" (0.94–0.96) sat above the measured raw-h CKA (0.85–0.93) — a different kernel, for which the
+corollary says nothing. :func:`theory_rows` now returns ``rho`` (centred), ``cka_cos`` and the bound only
+where ``ρ < 1`` (``bound_status``: ``bound`` / ``vacuous (rho >= 1)`` / ``rho not recorded``).
 """
 from __future__ import annotations
 
@@ -57,6 +66,23 @@ def cka_lower_bound(rho: np.ndarray | float) -> np.ndarray:
     if np.any(rho < 0):
         raise ValueError("rho (relative similarity gap) must be >= 0")
     return (1.0 - rho) / (1.0 + rho)
+
+
+def corollary_bound(row: Mapping[str, Any]) -> tuple[float, float, float, str]:
+    """``(rho, cka_cos, bound, status)`` of one ``align`` row for Cor. 1: ``rho = sim_gap_centred_rel``,
+    ``cka_cos = cos(repr_angle_deg)`` (the cosine-kernel CKA the corollary bounds), ``bound = (1 − rho)/(1 + rho)``
+    when ``0 ≤ rho < 1`` else NaN; ``status`` ``bound`` / ``vacuous (rho >= 1)`` / ``rho not recorded``."""
+    def num(k: str) -> float:
+        v = row.get(k)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+    rho, ang = num("sim_gap_centred_rel"), num("repr_angle_deg")
+    cka_cos = math.cos(math.radians(ang)) if math.isfinite(ang) else float("nan")
+    if not (math.isfinite(rho) and rho >= 0):
+        return rho, cka_cos, float("nan"), "rho not recorded"
+    if rho >= 1:
+        return rho, cka_cos, float("nan"), "vacuous (rho >= 1)"
+    return rho, cka_cos, float(cka_lower_bound(rho)), "bound"
 
 
 def lr_per_step(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
@@ -117,7 +143,9 @@ def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta:
     ``rows``: the run's metrics rows; ``cfg``: its resolved config; ``meta``: its ``meta.json``
     (``steps_per_epoch``, ``total_steps``, ``num_classes``). Returns one dict per evaluation epoch:
     ``epoch, step, S_T, sim_gap, sim_gap_rel, linear_cka, rsa, log_bound, bound_shape, cka_lower_bound,
-    tau, num_classes, batch_size, arm_a, arm_b, split, layer``.
+    tau, num_classes, batch_size, arm_a, arm_b, split, layer`` and the corollary's quantities
+    ``sim_gap_centred_rel`` (its ρ), ``cka_cos`` (= cos ``repr_angle_deg``) and ``bound_status``;
+    ``cka_lower_bound`` = ``(1 − ρ)/(1 + ρ)`` where ``ρ < 1``, NaN elsewhere (:func:`corollary_bound`).
     """
     rows = list(rows)
     meta = dict(meta or {})
@@ -159,15 +187,16 @@ def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta:
         shape = np.full(len(align), np.nan)
     out = []
     for i, r in enumerate(align):
-        rho = float(r.get("sim_gap_rel", float("nan")))
+        rel = float(r.get("sim_gap_rel", float("nan")))
+        rho, cka_cos, bound, status = corollary_bound(r)
         out.append({
             "epoch": r["epoch"], "step": r["step"], "arm_a": pair[0], "arm_b": pair[1], "split": split,
             "layer": layer, "tau": tau, "num_classes": C, "batch_size": B, "S_T": float(S[i]),
-            "sim_gap": float(r["sim_gap"]), "sim_gap_rel": rho, "linear_cka": float(r["linear_cka"]),
+            "sim_gap": float(r["sim_gap"]), "sim_gap_rel": rel, "linear_cka": float(r["linear_cka"]),
             "rsa": float(r.get("rsa", float("nan"))),
             "log10_bound": float(logb[i] / math.log(10)) if np.isfinite(logb[i]) else float("-inf"),
             "bound_shape": float(shape[i]) if S[i] > 0 else 0.0,
-            "cka_lower_bound": float(cka_lower_bound(rho)) if math.isfinite(rho) and rho >= 0 else float("nan"),
+            "cka_lower_bound": bound, "sim_gap_centred_rel": rho, "cka_cos": cka_cos, "bound_status": status,
         })
     return out
 

@@ -198,7 +198,9 @@ GLOSSARY = [
             "between every pair of evaluation images)."),
     ("sim gap", "‖Σ_a − Σ_b‖_F: Frobenius norm of the difference of the two N×N cosine-similarity matrices "
                 "(the quantity the paper's bound controls)."),
-    ("ρ", "Relative similarity gap ‖Σ_a − Σ_b‖_F / ‖Σ_a‖_F; the theory bounds CKA ≥ (1 − ρ)/(1 + ρ)."),
+    ("ρ", "Relative similarity gap ‖Σ_a − Σ_b‖_F / ‖Σ_b‖_F (uncentred). Not the ρ of the paper's Cor. 1: that one is "
+          "centred, ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F, and bounds the cosine-kernel CKA ≥ (1 − ρ)/(1 + ρ) — a bound only "
+          "where ρ < 1 (theory overlay)."),
     ("weight gap", "Mean over encoder weight tensors of ‖W_a − W_b‖_F / ‖W_a‖_F (conv/linear weights and BN γ)."),
     ("weight angle / repr angle", "Angle (degrees) between the two arms' flattened encoder weights / between "
                                   "their centred Gram matrices (arccos of CKA-like cosine)."),
@@ -340,7 +342,8 @@ def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     ]
     th: list[dict[str, Any]] = []
     theory_caption = ("Similarity gap with the main bound's shape (normalised at the first evaluation after step 0; "
-                      "constants unknown, so trend only), and CKA with its lower bound (1 − ρ)/(1 + ρ).")
+                      "constants unknown, so trend only), and Cor. 1: the cosine-kernel CKA with (1 − ρ)/(1 + ρ), ρ the "
+                      "centred relative gap ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F, drawn only where ρ < 1 (vacuous elsewhere).")
     try:
         th = theory_rows(rows, cfg, meta) if [r for r in align if r.get("kind") == "align"] and cfg else []
     except (ValueError, KeyError) as e:  # incomplete config/meta: report without the overlay

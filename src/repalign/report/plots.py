@@ -414,8 +414,11 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
     """Theory overlay from :func:`repalign.analysis.theory.theory_rows` rows.
 
     Left: measured similarity gap (solid) and the main bound's shape normalised at the first
-    evaluation after epoch 0 (dashed), log y. Right: measured CKA (solid) and the lower bound
-    (1 − ρ)/(1 + ρ) (dashed). One colour per ``group_key`` value (e.g. ``tau``, ``num_classes``)."""
+    evaluation after epoch 0 (dashed), log y. Right: Cor. 1 — the cosine-kernel CKA it bounds
+    (``cka_cos`` = cos of the representation angle, solid) and ``(1 − ρ)/(1 + ρ)`` with the centred
+    ``ρ = ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F`` (dashed) drawn only where ρ < 1; where ρ ≥ 1 the panel says "vacuous".
+    The linear CKA of the raw features (what the tables report; not bounded by the corollary) is dotted.
+    One colour per ``group_key`` value (e.g. ``tau``, ``num_classes``)."""
     rows = list(rows)
     fig, axes = new_figure(1, 2)
     ax, ax2 = axes[0, 0], axes[0, 1]
@@ -437,8 +440,18 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
         if len(bound) < len([r for r in rr if r["step"] > 0]):
             ax.text(0.02, 0.02 + 0.06 * k, f"{tag}bound overflows / is ∞ at some epochs",
                     transform=ax.transAxes, fontsize=7, color=col)
-        _line(ax2, rr, xk, "linear_cka", f"{tag}measured CKA", col)
-        _line(ax2, rr, xk, "cka_lower_bound", f"{tag}(1 − ρ)/(1 + ρ)", col, "--", marker="x")
+        # Cor. 1 bounds the CKA of the cosine kernel by the centred ρ (analysis.theory.corollary_bound); rows
+        # without those columns (older CSVs) show no bound rather than the old, wrong one
+        cos_rows = [r for r in rr if _finite(r.get("cka_cos"))]
+        _line(ax2, cos_rows, xk, "cka_cos", f"{tag}CKA of the cosine kernel (bounded)", col)
+        _line(ax2, rr, xk, "linear_cka", f"{tag}linear CKA on raw h (not bounded)", col, ":")
+        bounded = [r for r in rr if r.get("bound_status") == "bound" and _finite(r.get("cka_lower_bound"))]
+        _line(ax2, bounded, xk, "cka_lower_bound", f"{tag}(1 − ρ)/(1 + ρ), ρ < 1", col, "--", marker="x")
+        vac = [r for r in rr if str(r.get("bound_status", "")).startswith("vacuous")]
+        if vac or not bounded:
+            why = (f"vacuous (ρ ≥ 1) at {len(vac)} of {len(rr)} evaluations" if vac else
+                   "no bound: centred ρ not recorded")
+            ax2.text(0.02, 0.02 + 0.06 * k, f"{tag}{why}", transform=ax2.transAxes, fontsize=7, color=col)
     for a in (ax, ax2):
         _apply_x(a, xlabel, xlog)
         a.grid(alpha=0.3, which="both")
@@ -447,8 +460,8 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
     ax.set_yscale("log")
     ax.set_ylabel("‖Σ_a − Σ_b‖_F (unitless, log scale)")
     ax.set_title("similarity gap vs bound shape (constants unknown: trend only)", fontsize=9)
-    ax2.set_ylabel("linear CKA (unitless)")
-    ax2.set_title("CKA vs lower bound from the measured relative gap ρ", fontsize=9)
+    ax2.set_ylabel("CKA (unitless)")
+    ax2.set_title("Cor. 1: cosine-kernel CKA ≥ (1 − ρ)/(1 + ρ), ρ = ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F", fontsize=8)
     return fig
 
 

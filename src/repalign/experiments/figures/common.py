@@ -165,7 +165,8 @@ def with_seeds(plan: SweepPlan, seeds: Sequence[int]) -> SweepPlan:
 #: figure CSV columns; `baseline` names the reference of `kind: baseline` rows (so the CSVs stand alone)
 ALIGN_COLS = ["dataset", "seed", *ROW_ID, *figure_columns()]
 THEORY_COLS = ["dataset", "seed", "epoch", "step", "arm_a", "arm_b", "split", "tau", "num_classes", "batch_size",
-               "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa"]
+               "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa",
+               "sim_gap_centred_rel", "cka_cos", "bound_status"]  # the last three: Cor. 1's ρ, its CKA, bound/vacuous
 
 
 def _align(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -282,6 +283,8 @@ def _theory_figs(ctx: Context, th: list[dict[str, Any]], group_key: str, name: s
         return
     ctx.save(plots.plot_theory(th, group_key=group_key), name,
              f"Theory overlay per {group_key}: measured CL–NSCL similarity gap vs the main bound's shape "
-             "(normalised at the first evaluation after epoch 0), and measured CKA vs (1 − ρ)/(1 + ρ). " + THEORY_NOTE)
+             "(normalised at the first evaluation after epoch 0), and Cor. 1: the cosine-kernel CKA vs (1 − ρ)/(1 + ρ) "
+             "with the centred ρ = ‖H(Σ_CL − Σ_NSCL)H‖_F / ‖HΣ_NSCLH‖_F, drawn only where ρ < 1 (vacuous elsewhere). "
+             + THEORY_NOTE)
     ctx.write_csv(name, th, THEORY_COLS + (["lr_rule"] if any("lr_rule" in t for t in th) else []))
     ctx.notes.append(THEORY_NOTE)
