@@ -31,8 +31,20 @@ Claims and their tests (``d`` = paired per-seed difference):
    angle`` between CL and NSCL (degrees), with the chaos twin's weight angle beside it.
 7. *0 ≤ L_DCL − L_NSCL ≤ bound on every batch* (lossgap): the count of logged batches that satisfy it.
 
-Command line: ``python -m repalign.experiments.verdicts RUNS_DIR [--md FILE]`` where ``RUNS_DIR`` holds
-``fig1/ … lossgap/`` (the layout of ``benchmarks/bench_figures.py --out``).
+Issue 18 (what a row may claim): trends are per-seed OLS slopes over *every* condition (log10 of C, τ, K), and
+the noise-floor check is symmetric — a direction counts only when the slope of CL–NSCL's margin over the noise
+floor is decided the same way, so a trend of the data alone is inconclusive in either direction; every cell a row
+interprets is checked against calibration rule 2 (room) and cells without room are named; "as close as the chaos
+floor" needs a TOST at ±``EQUIV_FRACTION`` × the cell's chaos − noise band; each row has one primary test (an
+intersection–union test when it needs several), its raw and Holm-adjusted p-value over the table's family, its
+minimum detectable difference and the seeds a stated effect would need; two-stage follow-ups are labelled. Rows
+3b (label granularity) and 8 (the mechanism: alignment against the measured loss gap, with the theorem's
+structure from :mod:`repalign.analysis.structure`) read the ``granularity`` / ``alpha`` figures and say "not run
+yet" until their CSVs exist.
+
+Command line: ``python -m repalign.experiments.verdicts RUNS_DIR [--md FILE] [--follow-up fig2=DIR]`` where
+``RUNS_DIR`` holds ``fig1/ … lossgap/`` (the layout of ``benchmarks/bench_figures.py --out``; the committed
+``docs/figures/cpu`` has it too).
 """
 from __future__ import annotations
 
@@ -762,8 +774,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repalign.experiments.verdicts", description=__doc__.splitlines()[0])
     ap.add_argument("runs", help="folder holding fig1/ … lossgap/ as written by benchmarks/bench_figures.py --out")
     ap.add_argument("--md", help="write the Markdown table here")
+    ap.add_argument("--follow-up", action="append", default=[], metavar="FIG=DIR",
+                    help="use DIR/FIG.csv (a two-stage follow-up, e.g. fig2=runs/fig2-16seeds) instead of RUNS/FIG")
     args = ap.parse_args(argv)
-    text = markdown(verdicts(Path(args.runs)))
+    follow = {}
+    for item in args.follow_up:
+        fig, sep, d = item.partition("=")
+        if not sep or not fig or not d:
+            ap.error(f"--follow-up expects FIG=DIR, got {item!r}")
+        follow[fig] = Path(d)
+    text = markdown(verdicts(Path(args.runs), follow))
     if args.md:
         from repalign.training.checkpoint import write_atomic
 
