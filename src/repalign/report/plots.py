@@ -427,6 +427,7 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
         _no_data(ax, "theory")
         _no_data(ax2, "theory")
     xk, xlabel, xlog = x_axis(rows)
+    notes: dict[str, list[str]] = {}  # where Cor. 1 gives no bound → the groups (under the right panel's x label)
     for k, g in enumerate(groups):
         rr = [r for r in rows if g is None or r.get(group_key) == g]
         if not rr:
@@ -449,9 +450,8 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
         _line(ax2, bounded, xk, "cka_lower_bound", f"{tag}(1 − ρ)/(1 + ρ), ρ < 1", col, "--", marker="x")
         vac = [r for r in rr if str(r.get("bound_status", "")).startswith("vacuous")]
         if vac or not bounded:
-            why = (f"vacuous (ρ ≥ 1) at {len(vac)} of {len(rr)} evaluations" if vac else
-                   "no bound: centred ρ not recorded")
-            ax2.text(0.02, 0.02 + 0.06 * k, f"{tag}{why}", transform=ax2.transAxes, fontsize=7, color=col)
+            why = f"vacuous (ρ ≥ 1) at {len(vac)} of {len(rr)} evaluations" if vac else "no bound: centred ρ not recorded"
+            notes.setdefault(why, []).append(str(g) if g is not None else "")
     for a in (ax, ax2):
         _apply_x(a, xlabel, xlog)
         a.grid(alpha=0.3, which="both")
@@ -460,6 +460,9 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
     ax.set_yscale("log")
     ax.set_ylabel("‖Σ_a − Σ_b‖_F (unitless, log scale)")
     ax.set_title("similarity gap vs bound shape (constants unknown: trend only)", fontsize=9)
+    if notes:
+        lines = [why + (f" ({group_key} = {', '.join(gs)})" if group_key and any(gs) else "") for why, gs in notes.items()]
+        ax2.set_xlabel(ax2.get_xlabel() + "\n" + "\n".join(lines), fontsize=7)
     ax2.set_ylabel("CKA (unitless)")
     ax2.set_title("Cor. 1: cosine-kernel CKA ≥ (1 − ρ)/(1 + ρ), ρ = ‖H(Σ_a − Σ_b)H‖_F / ‖HΣ_bH‖_F", fontsize=8)
     return fig
