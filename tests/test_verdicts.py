@@ -256,3 +256,29 @@ def test_granularity_and_mechanism_rows_appear_when_their_csvs_exist(tmp_path):
     m = vs["8"]
     assert m.verdict == vd.INCONCLUSIVE and "only one design" in m.reason  # the α design is missing
     assert "monotone increasing" in m.baselines and m.p is not None
+
+
+def test_mechanism_reads_loss_gaps_keyed_by_condition_and_needs_both_designs(tmp_path):
+    """Loss-gap rows may name the condition (label_groups / alpha) instead of the arm; with both designs present
+    and alignment falling as the gap grows, the mechanism row is reproduced and the structure fit is reported."""
+    def design(fig, column, conds):
+        rows, gaps = [], []
+        for s, e in zip(SEEDS, NOISE):
+            for c, arm, cka, gap in conds:
+                for step in (0, 10):
+                    rows.append({"kind": "align", "seed": s, "step": step, "split": "test", "layer": "h",
+                                 "arm_a": "cl", "arm_b": arm, "control": "", column: c,
+                                 "linear_cka": cka + e if step else 1.0, "sim_gap": 20 * gap * (1 + e) if step else 0.0})
+                for step in range(3):
+                    gaps.append({"seed": s, "step": step, column: c, "arm": "cl", "gap": gap * (1 + e)})
+        _write(tmp_path / fig / f"{fig}.csv", rows)
+        _write(tmp_path / fig / f"{fig}_lossgap.csv", gaps)
+
+    design("granularity", "label_groups", [(2, "nscl_k2", 0.90, 0.7), (10, "nscl_k10", 0.93, 0.12),
+                                           (100, "nscl", 0.95, 0.02)])
+    design("alpha", "alpha", [(0.25, "nscl_a0p25", 0.96, 0.005), (0.5, "nscl_a0p5", 0.95, 0.01),
+                              (1.0, "nscl", 0.93, 0.02)])
+    m = {v.key: v for v in vd.verdicts(tmp_path)}["8"]
+    assert m.verdict == vd.REPRODUCED and "both designs" in m.reason, m
+    assert "granularity: ‖Σ_CL − Σ_X‖_F vs loss gap over 3 arms" in m.baselines
+    assert "alpha:" in m.baselines and m.p is not None and m.p_holm is not None

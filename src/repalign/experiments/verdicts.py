@@ -524,18 +524,27 @@ def _design(rows: Sequence[Mapping[str, Any]], column: str, plain: float | None,
     return out, {c: arm for arm, c in cond_of.items()}, vals, base
 
 
-def _loss_gaps(rows: Sequence[Mapping[str, Any]], gap_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, float]]:
-    """Mean loss gap per X arm and seed: the ``loss_gap`` column of align rows, else the rows of the figure's
-    ``<fig>_lossgap.csv`` (columns seed, arm or arm_b, gap or loss_gap), averaged per arm × seed."""
+def _loss_gaps(rows: Sequence[Mapping[str, Any]], gap_rows: Sequence[Mapping[str, Any]], column: str = "",
+               arm_of: Mapping[float, str] | None = None) -> dict[str, dict[Any, float]]:
+    """Mean loss gap per X arm and seed, averaged over every row given (all logged batches): the ``loss_gap``
+    column of align rows, else the rows of the figure's ``<fig>_lossgap.csv`` (columns seed, gap or loss_gap, and
+    the arm as ``arm_b`` / ``arm`` — or, when the rows carry the design's ``column`` (``label_groups`` /
+    ``alpha``), the X arm of that condition via ``arm_of``)."""
     acc: dict[str, dict[Any, list[float]]] = {}
     for r in rows:
         if r.get("kind") == "align" and isinstance(r.get("loss_gap"), (int, float)) and r.get("arm_a") == "cl":
             acc.setdefault(r["arm_b"], {}).setdefault(r.get("seed", 0), []).append(float(r["loss_gap"]))
     if not acc:
         for r in gap_rows:
-            arm = r.get("arm_b") or r.get("arm")
             g = r.get("gap", r.get("loss_gap"))
-            if arm and isinstance(g, (int, float)):
+            if not isinstance(g, (int, float)):
+                continue
+            c = r.get(column) if column else None
+            if isinstance(c, (int, float)) and arm_of and float(c) in arm_of:
+                arm = arm_of[float(c)]
+            else:
+                arm = r.get("arm_b") or r.get("arm")
+            if arm:
                 acc.setdefault(str(arm), {}).setdefault(r.get("seed", 0), []).append(float(g))
     return {a: {s: sum(v) / len(v) for s, v in per.items()} for a, per in acc.items()}
 
@@ -585,7 +594,7 @@ def claim_mechanism(designs: Sequence[tuple[str, Sequence[Mapping[str, Any]], Se
             continue
         column, plain = ("label_groups", None) if name == GRANULARITY else ("alpha", 1.0)
         per, arms, _vals, _base = _design(rows, column, plain)
-        gaps = _loss_gaps(rows, gap_rows)
+        gaps = _loss_gaps(rows, gap_rows, column, arms)
         simg = _design(rows, column, plain, "sim_gap")[0]
         pts_cka = {arms[c]: {s: (gaps[arms[c]][s], y) for s, y in per[c].items() if s in gaps.get(arms[c], {})}
                    for c in per}
