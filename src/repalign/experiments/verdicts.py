@@ -361,10 +361,9 @@ def _trend(rows: Sequence[Mapping[str, Any]], key: str, claim: str, fig: str, pa
     if lacking:
         v.reason += f"; no room in {', '.join(lacking)} (floors not interpreted there)"
     _primary(v, [c_raw, c_ctl])
+    d_ctl = paired_difference(margin[hi_k], margin[lo_k])
     v.numbers = {"raw": d_raw and d_raw.as_dict(), "slope": s_raw and s_raw.as_dict(),
-                 "slope_over_noise": s_ctl and s_ctl.as_dict(),
-                 "over_noise": (paired_difference(margin[hi_k], margin[lo_k]) or None) and
-                 paired_difference(margin[hi_k], margin[lo_k]).as_dict(),  # type: ignore[union-attr]
+                 "slope_over_noise": s_ctl and s_ctl.as_dict(), "over_noise": d_ctl and d_ctl.as_dict(),
                  "lo": lo_k, "hi": hi_k, "no_room": lacking}
     return v
 
