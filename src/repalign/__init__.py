@@ -17,6 +17,8 @@ def __getattr__(name: str):  # lazy re-exports keep `import repalign` light
         "training": "repalign.training", "metrics": "repalign.metrics", "evaluation": "repalign.evaluation",
         "CoupledTrainer": ("repalign.training", "CoupledTrainer"), "train": ("repalign.api", "train"),
         "load_encoder": ("repalign.export", "load_encoder"),
+        "compare": "repalign.compare",  # the package; calling it calls repalign.compare.api.compare
+        "Comparison": ("repalign.compare.api", "Comparison"),
         "build_model": ("repalign.models", "build_model"), "build_source": ("repalign.data", "build_source"),
         "linear_cka": ("repalign.metrics", "linear_cka"), "rsa": ("repalign.metrics", "rsa"),
         "similarity_gap": ("repalign.metrics", "similarity_gap"), "weight_gap": ("repalign.metrics", "weight_gap"),
@@ -37,4 +39,4 @@ def __getattr__(name: str):  # lazy re-exports keep `import repalign` light
 __all__ = ["__version__", "ConfigError", "load_config", "validate", "resolve_arms", "resolve_pairs", "derive_seed",
            "CoupledTrainer", "train", "build_model", "build_source", "linear_cka", "rsa", "similarity_gap",
            "weight_gap", "ntxent_loss", "dcl_loss", "nscl_loss", "supcon_loss", "ce_loss", "loss_gap_bound",
-           "ContrastiveLoss"]
+           "ContrastiveLoss", "compare", "Comparison"]

@@ -20,7 +20,7 @@ from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_lin
 _resolve_config_path = resolve_config_path
 
 DESCRIPTION = ("Coupled training of several contrastive objectives under shared randomness, and the "
-               "alignment of their representations. Commands: train, align, sweep, reproduce, report, export, configs.")
+               "alignment of their representations. Commands: train, align, sweep, reproduce, report, export, compare, configs.")
 
 
 def summary_table(run_dir: str | Path) -> str:
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         mod.register(sub)
+    from repalign.compare.cli import register as register_compare  # imports no torch
+
+    register_compare(sub)
     return p
 
 
