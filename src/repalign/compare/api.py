@@ -183,7 +183,8 @@ def resolve_layers(model: nn.Module, layers: Any, what: str) -> tuple[list[tuple
                 out.append((n, None))
                 fx = True
             else:
-                close = difflib.get_close_matches(n, [m for m in mods if m] + nodes + [OUTPUT], n=5, cutoff=0.5)
+                close = difflib.get_close_matches(n, list(dict.fromkeys([m for m in mods if m] + nodes + [OUTPUT])),
+                                                n=5, cutoff=0.5)
                 hint = f"; closest: {', '.join(close)}" if close else f"; top-level: {', '.join(n for n, _ in model.named_children())}"
                 raise ValueError(f"{side}: {what} has no layer {n!r}{hint}")
     if fx and any(n == OUTPUT for n, _ in out):
