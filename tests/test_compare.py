@@ -252,7 +252,8 @@ def test_bootstrap_reproducible_and_contains_point():
             p.add_(0.3 * p.std() * torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype))
     g = torch.Generator().manual_seed(9)
     x = torch.randn(160, 3, 8, 8, generator=g, dtype=torch.float64)
-    kw = dict(layers_a=["2", "4"], layers_b=["2", "4"], metrics=("linear_cka", "debiased_cka", "rsa", "minibatch_cka"),
+    kw = dict(layers_a=["2", "4"], layers_b=["2", "4"],
+              metrics=("linear_cka", "debiased_cka", "rsa", "rbf_cka", "minibatch_cka"),
               pool="avg", progress=False, ci="bootstrap", n_boot=60, batch_size=32)
     c1 = compare(a, b, x, seed=4, **kw)
     c2 = compare(a, b, x, seed=4, **kw)
@@ -263,8 +264,53 @@ def test_bootstrap_reproducible_and_contains_point():
         assert r["ci_low"] <= r["value"] <= r["ci_high"], r
         assert r["ci_low"] < r["ci_high"]
     # the Gram-path point value is the streamed exact one
-    p = compare(a, b, x, **{**kw, "ci": None, "metrics": ("linear_cka", "rsa")})
-    assert np.allclose(c1.matrix("linear_cka"), p.matrix("linear_cka"), atol=1e-10)
+    p = compare(a, b, x, **{**kw, "ci": None, "metrics": ("linear_cka", "rsa", "rbf_cka")})
+    for m in p.metrics:
+        assert np.allclose(c1.matrix(m), p.matrix(m), atol=1e-10)
+
+
+def test_bootstrap_wide_features_small_n_contains_point():
+    """d ≫ N (flattened conv maps, N = 48): the copy pairs of a resample are left out, so the
+    resampled CKA/RSA are not inflated and the interval holds the point value."""
+    a, b = small_net(0), small_net(1)
+    x = torch.randn(48, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with _no_warning():
+        c = compare(a, b, x, layers_a=["0", "2"], layers_b=["0", "2"], metrics=("linear_cka", "rsa", "rbf_cka"),
+                    progress=False, ci="bootstrap", n_boot=100)
+    for r in c.rows:
+        assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+
+
+def test_weighted_resample_stats_match_a_copy_free_resample():
+    """The weighted statistics equal sums over a materialised resample with copy pairs removed."""
+    from repalign.compare.engine import weighted_stats
+    from repalign.metrics.moments import gram_matrix
+
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(20, 7, generator=g, dtype=torch.float64), torch.randn(20, 5, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 20, (20,), generator=g)
+    w = torch.bincount(idx, minlength=20).double()
+    sa, sb, cr = weighted_stats([gram_matrix(X, "center")], [gram_matrix(Y, "center")], "center", w, [False], [False])
+    Xr, Yr = X[idx], Y[idx]
+    Xr, Yr = Xr - Xr.mean(0), Yr - Yr.mean(0)
+    K, L = Xr @ Xr.T, Yr @ Yr.T
+    keep = (idx[:, None] != idx[None, :]) | torch.eye(20, dtype=torch.bool)   # drop copy pairs p ≠ q
+    assert sa[0].centred_frob_sq == pytest.approx(float((K * K)[keep].sum()), rel=1e-10)
+    assert cr[0][0].centred_inner == pytest.approx(float((K * L)[keep].sum()), rel=1e-10)
+    assert sa[0].centred_trace == pytest.approx(float(torch.trace(K)), rel=1e-10)
+    assert cr[0][0].centred_diag_inner == pytest.approx(float((torch.diagonal(K) * torch.diagonal(L)).sum()), rel=1e-10)
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self.cm = warnings.catch_warnings()
+        self.cm.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
 
 
 def test_reinit_baseline_seeded():

@@ -647,27 +647,36 @@ def _finish(st, metrics, kinds, names_a, names_b, same, use_gram, modes_needed, 
             Gb = Ga if same else [gram_matrix(X, mode) for X in Xb]
             ca = [mode == "center" and rows_all_equal(X) for X in Xa]
             cb = ca if same else [mode == "center" and rows_all_equal(X) for X in Xb]
+            ones = torch.ones(n, dtype=F64)
             for r in range(-1, n_boot if ci else 0):
-                sel = None if r < 0 else idx[r]
-                ga = [G if sel is None else G[sel][:, sel] for G in Ga]
-                gb = ga if same else [G if sel is None else G[sel][:, sel] for G in Gb]
-                sides_a = [E.gram_side(G, mode, c) for G, c in zip(ga, ca)]
-                sides_b = sides_a if same else [E.gram_side(G, mode, c) for G, c in zip(gb, cb)]
-                for i in range(La):
-                    for j in range(Lb):
-                        if same and j < i:
-                            continue
-                        xy = E.gram_cross(ga[i], sides_a[i][1], gb[j], sides_b[j][1], mode)
-                        for m in ms:
-                            v = E.finish_stats(m, sides_a[i][0], sides_b[j][0], xy)
-                            tgt = values[m] if r < 0 else reps[m][r]
-                            tgt[i, j] = v
-                            if same:
-                                tgt[j, i] = v
-                del ga, gb, sides_a, sides_b
+                w = ones if r < 0 else torch.bincount(idx[r], minlength=n).to(F64)
+                sa, sb, cross = E.weighted_stats(Ga, None if same else Gb, mode, w, ca, cb)
+                pairs = None if r < 0 else (n * n - float(w @ w)) / 2
+                for m in ms:
+                    tgt = values[m] if r < 0 else reps[m][r]
+                    for i in range(La):
+                        for j in range(Lb):
+                            tgt[i, j] = E.finish_stats(m, sa[i], sb[j], cross[i][j], pairs)
     # -- feature metrics
+    if ci and "rbf_cka" in metrics:
+        # RBF CKA is linear CKA of the RBF Grams (bandwidth from the full sample): the same weighted,
+        # copy-pair-free resamples as the moment metrics
+        from repalign.metrics.cka import gram_rbf
+
+        Ra = [gram_rbf(X, rbf_sigma) for X in Xa]
+        Rb = None if same else [gram_rbf(X, rbf_sigma) for X in Xb]
+        ca = [rows_all_equal(X) for X in Xa]
+        cb = ca if same else [rows_all_equal(X) for X in Xb]
+        for r in range(-1, n_boot):
+            w = torch.ones(n, dtype=F64) if r < 0 else torch.bincount(idx[r], minlength=n).to(F64)
+            sa, sb, cross = E.weighted_stats(Ra, Rb, "center", w, ca, cb)
+            tgt = values["rbf_cka"] if r < 0 else reps["rbf_cka"][r]
+            for i in range(La):
+                for j in range(Lb):
+                    tgt[i, j] = E.finish_stats("linear_cka", sa[i], sb[j], cross[i][j])
+        del Ra, Rb
     for m in metrics:
-        if kinds[m][0] != "features":
+        if kinds[m][0] != "features" or (ci and m == "rbf_cka"):
             continue
         f = E.feature_metric(m, rbf_sigma)
         for i in range(La):

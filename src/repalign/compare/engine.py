@@ -27,11 +27,11 @@ import torch
 
 from repalign.metrics.cka import cka_from_stats, gram_linear, rbf_cka, unbiased_hsic
 from repalign.metrics.moments import F64, CrossMoments, CrossStats, SideMoments, SideStats, center_gram, frob_sq, ratio
-from repalign.metrics.rsa import pearson_from_stats, rsa
+from repalign.metrics.rsa import _const, pearson_from_stats, rsa
 from repalign.metrics.similarity import _angle, _gap
 
 __all__ = ["BUILTIN", "metric_kind", "finish_stats", "gram_side", "gram_cross", "MomentState", "BatchState",
-           "feature_metric", "POOLS", "pool_output"]
+           "feature_metric", "POOLS", "pool_output", "weighted_stats"]
 
 POOLS = ("flatten", "avg", "none")
 
@@ -67,8 +67,19 @@ def metric_kind(name: str) -> tuple[str, str | None]:
     raise ValueError(f"metrics: unknown metric {name!r} (known: {', '.join(known)})")
 
 
-def finish_stats(name: str, sx: SideStats, sy: SideStats, xy: CrossStats) -> float:
-    """A ``"moments"`` metric from the named statistics of its mode."""
+def _pearson_pairs(sx: SideStats, sy: SideStats, xy: CrossStats, M: float) -> float:
+    """:func:`repalign.metrics.rsa.pearson_from_stats` with the number of pairs ``M`` given (a
+    bootstrap resample without its copy pairs has ``(N² − Σw²)/2`` pairs, not ``N(N−1)/2``)."""
+    Sk, Sl = (sx.total - sx.trace) / 2, (sy.total - sy.trace) / 2
+    Skk, Sll = (sx.frob_sq - sx.diag_sq) / 2, (sy.frob_sq - sy.diag_sq) / 2
+    Skl = (xy.inner - xy.diag_inner) / 2
+    vx, vy = M * Skk - Sk * Sk, M * Sll - Sl * Sl
+    return ratio(M * Skl - Sk * Sl, vx, vy, _const(vx, M * Skk), _const(vy, M * Sll), clip=False)
+
+
+def finish_stats(name: str, sx: SideStats, sy: SideStats, xy: CrossStats, pairs: float | None = None) -> float:
+    """A ``"moments"`` metric from the named statistics of its mode (``pairs``: number of distinct
+    pairs for RSA when it is not ``n(n−1)/2``, see :func:`weighted_stats`)."""
     n = sx.n
     if name == "linear_cka":
         return cka_from_stats(sx, sy, xy, False)
@@ -79,7 +90,7 @@ def finish_stats(name: str, sx: SideStats, sy: SideStats, xy: CrossStats) -> flo
     if name in ("rsa", "rsa_correlation"):
         if n < 3:
             raise ValueError(f"{name} needs at least 3 samples, got {n}")
-        return pearson_from_stats(sx, sy, xy, n)
+        return pearson_from_stats(sx, sy, xy, n) if pairs is None else _pearson_pairs(sx, sy, xy, pairs)
     if name == "repr_angle_deg":
         return _angle(sx, sy, xy, True)
     g = _gap(sx, sy, xy, n)
@@ -216,6 +227,63 @@ def gram_cross(Gx: torch.Tensor, Gxc: torch.Tensor, Gy: torch.Tensor, Gyc: torch
                "diag_inner": float((torch.diagonal(Gx) * torch.diagonal(Gy)).sum())}
     return CrossStats(centred_inner=float((Gxc * Gyc).sum()),
                       centred_diag_inner=float((torch.diagonal(Gxc) * torch.diagonal(Gyc)).sum()), **unc)
+
+
+def weighted_stats(Ga: list[torch.Tensor], Gb: list[torch.Tensor] | None, mode: str, w: torch.Tensor,
+                   const_a: list[bool], const_b: list[bool]) -> tuple[list[SideStats], list[SideStats],
+                                                                   list[list[CrossStats]]]:
+    """Statistics of a bootstrap resample given by counts ``w [N]`` (``Σw = N``) from the full-sample
+    Grams ``G [N, N]`` of each layer (``Gb=None``: B's layers are A's). ``w = 1`` gives the plain
+    statistics of the sample.
+
+    The resample holds sample i ``w_i`` times. Its mean is ``μ_w = Σ w_i z̃_i / N``, so its centred
+    Gram entries are ``K̄ʷ = G − 1mᵀ − m1ᵀ + c`` (``m = Gw/N``, ``c = wᵀGw/N²``). Sums over the
+    resample's pairs of positions ``(p, q)`` count pair ``(i, j)`` ``w_i w_j`` times when ``i ≠ j``
+    and ``w_i`` times when ``i = j`` (the p = q positions) — the pairs of two *copies* of the same
+    sample are left out. Those copy pairs would otherwise enter as perfectly matched off-diagonal
+    entries (``K_ii`` in both spaces) and inflate every resampled CKA/RSA when features are wide
+    relative to N (measured: resampled values above the full-sample one at N = 64–160). So e.g.
+    ``‖K̄‖_F² → wᵀ(K̄ʷ∘K̄ʷ)w − Σ (w_i² − w_i) K̄ʷ_ii²`` and ``tr K̄ → Σ w_i K̄ʷ_ii``; the uncentred
+    sums of the RSA modes alike. Cross products over all layer pairs are one GEMM per mode.
+    """
+    w = w.to(F64)
+    n = float(w.sum())
+    extra = w * w - w
+    W = torch.outer(w, w).reshape(-1)
+
+    def side(G: torch.Tensor, c: bool) -> tuple[SideStats, torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = G @ w / n
+        Kc = G - m[:, None] - m[None, :] + float(w @ m) / n
+        dk = torch.diagonal(Kc).clone()
+        kw = Kc.reshape(-1) * W
+        unc: dict[str, float] = {}
+        if mode != "center":
+            dg = torch.diagonal(G)
+            gw = G.reshape(-1) * W
+            unc = {"frob_sq": float(gw @ G.reshape(-1)) - float(extra @ (dg * dg)),
+                   "total": float(w @ G @ w) - float(extra @ dg), "trace": float(w @ dg), "diag_sq": float(w @ (dg * dg))}
+        st = SideStats(n=int(round(n)), constant=c, centred_frob_sq=float(kw @ Kc.reshape(-1)) - float(extra @ (dk * dk)),
+                       centred_trace=float(w @ dk), centred_diag_sq=float(w @ (dk * dk)), **unc)
+        return st, Kc, dk, kw
+
+    A = [side(G, c) for G, c in zip(Ga, const_a)]
+    B = A if Gb is None else [side(G, c) for G, c in zip(Gb, const_b)]
+    Gb_ = Ga if Gb is None else Gb
+    # ⟨(wwᵀ)∘K̄_i, K̄_j⟩ for all pairs: one GEMM
+    CI = torch.stack([a[3] for a in A]) @ torch.stack([b[1].reshape(-1) for b in B]).T
+    DK, DL = torch.stack([a[2] for a in A]), torch.stack([b[2] for b in B])
+    CDI = (DK * w) @ DL.T
+    CX = (DK * extra) @ DL.T
+    if mode != "center":
+        UI = torch.stack([G.reshape(-1) * W for G in Ga]) @ torch.stack([G.reshape(-1) for G in Gb_]).T
+        dga, dgb = torch.stack([torch.diagonal(G) for G in Ga]), torch.stack([torch.diagonal(G) for G in Gb_])
+        UD = (dga * w) @ dgb.T
+        UX = (dga * extra) @ dgb.T
+    cross = [[CrossStats(centred_inner=float(CI[i, j] - CX[i, j]), centred_diag_inner=float(CDI[i, j]),
+                         inner=None if mode == "center" else float(UI[i, j] - UX[i, j]),
+                         diag_inner=None if mode == "center" else float(UD[i, j]))
+              for j in range(len(B))] for i in range(len(A))]
+    return [a[0] for a in A], [b[0] for b in B], cross
 
 
 # ----------------------------------------------------------------------------------------------
