@@ -405,3 +405,23 @@ def test_cli_on_a_repalign_run(tmp_path, capsys, tiny_cfg):
     assert rc == 0, capsys.readouterr().err
     rows = (out / "compare.csv").read_text().splitlines()
     assert len(rows) > 1 and all("nan" not in r for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/compare.md examples run
+# ---------------------------------------------------------------------------------------------
+DOC = Path(__file__).resolve().parents[1] / "docs" / "compare.md"
+
+
+def test_docs_compare_examples_run(tmp_path, monkeypatch, tiny_cfg, capsys):
+    from repalign.training import train
+
+    blocks = re.findall(r"<!-- run -->\n```python\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    train(tiny_cfg(**{"train.epochs": 1}), run_dir=tmp_path / "runs" / "demo")
+    for code in blocks:
+        exec(compile(code, str(DOC), "exec"), {"__name__": "__doc_example__"})
+    out = capsys.readouterr().out
+    assert "layer1 vs layer1: flatten" in out and "untrained:" in out
+    assert (tmp_path / "compare_resnets.html").is_file()
