@@ -123,6 +123,15 @@ def test_values_equal_naive_nxn(data64, pool, method):
     assert set(c.rows[0]) >= {"layer_a", "layer_b", "metric", "value", "ci_low", "ci_high", "n"}
 
 
+def test_top_level_export():
+    """``repalign.compare`` is callable (the subpackage is callable) and exports the result type."""
+    a = nn.Linear(4, 3).double()
+    x = torch.randn(10, 4, dtype=torch.float64)
+    c = repalign.compare(a, a, x, layers_a=["output"], layers_b=["output"], progress=False)
+    assert isinstance(c, repalign.Comparison) and c.matrix("linear_cka")[0, 0] == pytest.approx(1.0)
+    assert repalign.compare.compare is compare
+
+
 def test_pools_differ_and_none_refuses(data64):
     a, b = small_net(0), small_net(1)
     f = compare(a, b, data64, layers_a=["2"], layers_b=["2"], pool="flatten", metrics=("linear_cka",), progress=False)
