@@ -87,8 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite")
             if (args.overwrite or args.resume_if_possible) and main_rank:
                 clear_run_dir(run_dir, everything=args.overwrite == "all")  # only what repalign wrote
-        if resume:  # the run's own resolved config, plus any overrides given now
-            cfg = load_config(run_dir / "config.yaml", args.overrides)
+        if resume:  # what was asked (config + overrides) must be the run's own config.yaml (issue 17)
+            from repalign.fingerprint import check_resume
+
+            check_resume(run_dir, cfg)
         trainer = train(cfg, run_dir, resume=resume)
     finally:
         if lock is not None:

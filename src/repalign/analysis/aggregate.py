@@ -13,15 +13,42 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 from repalign.analysis.stats import paired_difference, summarize, verdict
+from repalign.errors import UserError
 from repalign.results import last_steps
 from repalign.schema import CONTROL_KINDS, setting_columns
 
-__all__ = ["AGG_ID", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
+__all__ = ["AGG_ID", "FINGERPRINT", "MixedConfigError", "check_one_config", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
 
+#: Column of summary rows holding the point's config fingerprint without its seed (issue 17).
+FINGERPRINT = "config_fingerprint"
 #: Identity columns of an aggregated row besides the group keys.
 AGG_ID = ("kind", "split", "layer", "arm_a", "arm_b", "control", "arm", "baseline", "step", "epoch")
 #: Columns that are never aggregated as metrics (besides the schema's setting columns, e.g. ``rsa_rdm``).
-_NOT_METRICS = set(AGG_ID) | {"point", "seed", "wall_s", "samples_per_s", "objective", "dataset", "lr"}
+_NOT_METRICS = set(AGG_ID) | {FINGERPRINT, "point", "seed", "wall_s", "samples_per_s", "objective", "dataset", "lr"}
+
+
+class MixedConfigError(UserError):
+    """Rows of one condition come from runs with different configs (fingerprints apart from the seed)."""
+
+
+def check_one_config(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] = (), what: str = "aggregate") -> None:
+    """Refuse (one line, :class:`MixedConfigError`) a condition — rows with the same ``group_keys``
+    values — whose rows carry more than one :data:`FINGERPRINT` (seeds of different configurations would
+    be pooled as one). Rows without the column (older summaries) are not checked."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        fp = r.get(FINGERPRINT)
+        if fp is None or fp == "":
+            continue
+        g = tuple(r.get(k) for k in group_keys)
+        seen.setdefault(g, {}).setdefault(str(fp), r.get("point", r.get("seed")))
+    for g, fps in seen.items():
+        if len(fps) > 1:
+            cond = ", ".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "the only condition"
+            pts = ", ".join(f"{p} ({fp[:10]}…)" for fp, p in list(fps.items())[:4])
+            raise MixedConfigError(f"{what}: {cond} mixes {len(fps)} configurations (points {pts}: config "
+                                   "fingerprints apart from the seed differ); its seeds cannot be pooled — re-run "
+                                   "the stale points (repalign sweep … --redo-stale) or aggregate them apart")
 
 
 def _num(v: Any) -> bool:
@@ -37,7 +64,10 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
                    ) -> list[dict[str, Any]]:
     """One output row per (group, identity, metric): ``{group keys…, kind, split, layer, arm_a, arm_b,
     control, arm, baseline, step, epoch, metric, n, mean, std, ci_lo, ci_hi, level, method}``.
-    ``n`` counts seeds; a metric missing (or non-finite) for a seed is left out of that cell."""
+    ``n`` counts seeds; a metric missing (or non-finite) for a seed is left out of that cell. A condition
+    whose rows carry different config fingerprints is refused (:func:`check_one_config`)."""
+    rows = list(rows)
+    check_one_config(rows, group_keys, "aggregate")
     cells: dict[tuple, dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
     order: list[tuple] = []
     not_metrics = _NOT_METRICS | setting_columns()
@@ -98,6 +128,7 @@ def comparison_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str]
     the untrained baseline — per-seed differences ``A_s − B_s`` summarised as mean, CI and a verdict
     (``higher``/``lower``/``undecided``/``single``)."""
     rows = [r for r in rows if r.get("kind") in ("align", "baseline")]
+    check_one_config(rows, group_keys, "comparisons")
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[tuple(r.get(k) for k in group_keys)].append(r)

@@ -12,7 +12,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for f in figs:
         out = args.out if len(figs) == 1 or args.out is None else f"{args.out}/{f}"
         reproduce(f, scale, out, processes=args.processes, run=args.run, nproc=args.nproc, gpu=args.gpu,
-                  seeds=args.seeds)
+                  seeds=args.seeds, redo_stale=args.redo_stale)
     return 0
 
 
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train seeds 0..N-1 instead of the scale's default (tiny 2, cpu 4, paper 3); narrower "
                         "intervals, N/default times the cost; finished runs of the default seeds are reused")
     p.add_argument("--processes", type=int, default=1, help="local processes for the sweeps")
+    p.add_argument("--redo-stale", action="store_true",
+                   help="re-run finished points whose run was made with another config than the figure's plan asks "
+                        "for (without it reproduce stops, naming them and the differing keys)")
     p.add_argument("--run", action="store_true", help="--scale paper: actually train here instead of printing commands")
     p.add_argument("--nproc", type=int, default=8, help="GPUs per run in the printed torchrun commands")
     p.add_argument("--gpu", default=None,

@@ -8,7 +8,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from repalign.experiments.sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec, args.grid, out=args.out, processes=args.processes, launcher=args.launcher)
-    res = run_sweep(spec, dry_run=args.dry_run)
+    res = run_sweep(spec, dry_run=args.dry_run, redo_stale=args.redo_stale)
     if not args.dry_run:
         print(f"summary: {res.summary}")
         if args.report:
@@ -31,4 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="inline (this process), local (subprocesses) or slurm (submitit, extra `slurm`)")
     p.add_argument("--dry-run", action="store_true", help="write configs and print the commands; train nothing")
     p.add_argument("--report", action="store_true", help="write OUT/report/report.html afterwards")
+    p.add_argument("--redo-stale", action="store_true",
+                   help="re-run the finished or partial points whose run was made with another config than the "
+                        "spec now asks for (without it the sweep stops, listing them and the differing keys)")
     p.set_defaults(func=cmd_sweep)

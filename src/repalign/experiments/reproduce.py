@@ -59,10 +59,12 @@ def _collect(plan: SweepPlan, out: Path) -> list[dict[str, Any]]:
 
 def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, processes: int = 1, run: bool = False,
               log: Callable[[str], None] = print, nproc: int = 8, gpu: str | None = None,
-              seeds: int | None = None) -> Path:
+              seeds: int | None = None, redo_stale: bool = False) -> Path:
     """Build the runs of ``fig`` at ``scale`` (resumable), then write its PNG(s), CSV(s) and report.
     ``seeds`` = N replaces the scale's seeds by 0…N−1 (default: :data:`SEEDS`; more seeds narrow the
-    intervals, and the default seeds' finished runs are reused). Returns the output folder. At ``scale='paper'`` without ``run`` only the plan is written
+    intervals, and the default seeds' finished runs are reused — a finished run is reused only when its config
+    fingerprint is the one the plan asks for: else the sweep stops naming it, and ``redo_stale`` re-runs it).
+    Returns the output folder. At ``scale='paper'`` without ``run`` only the plan is written
     (``paper_plan.md``) unless every point is already finished; its GPU-hours come from a measured
     ``gpu_check.py`` result for ``gpu`` when one exists, else from the FLOP estimate (:func:`cost_basis`)."""
     if fig not in FIGS:
@@ -86,7 +88,7 @@ def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, proce
             return outp
     if scale != "paper" or run:
         for plan in plans:
-            run_sweep(_spec(plan, outp, processes), log=log)
+            run_sweep(_spec(plan, outp, processes), log=log, redo_stale=redo_stale)
     results = [(p, _collect(p, outp)) for p in plans]
     ctx = Context(fig, scale, outp, results)
     for old in outp.glob("*.png"):

@@ -246,7 +246,7 @@ def run_point_inline(config_path: str, run_dir: str, resume: bool) -> float:
     from repalign.training import train
 
     t0 = time.perf_counter()
-    cfg = load_config(Path(run_dir) / "config.yaml") if resume else load_config(config_path)
+    cfg = load_config(config_path)  # on resume the trainer refuses a config other than the run's own
     train(cfg, run_dir, resume=resume)
     return time.perf_counter() - t0
 
@@ -337,27 +337,61 @@ def write_state(spec: SweepSpec, points: Sequence[Point], out: Path) -> None:
     (out / "sweep.json").write_text(json.dumps(_state(spec, points, out), indent=2))
 
 
-def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
+def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False,
+              redo_stale: bool = False) -> SweepResult:
     """Run every unfinished point of ``spec`` and (re)write ``OUT/summary.csv`` (see
     :func:`_run_sweep`), holding ``OUT``'s lock so that one sweep at a time writes there."""
     from repalign.training.lock import RunLock
 
     with RunLock(spec.out):
-        return _run_sweep(spec, log, dry_run)
+        return _run_sweep(spec, log, dry_run, redo_stale)
 
 
-def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False) -> SweepResult:
+class StalePointsError(ConfigError):
+    """Finished or partial points of a sweep were run with another config than the spec asks for."""
+
+
+def stale_points(out: Path, points: Sequence[Point], cfgs: Mapping[str, Mapping[str, Any]]
+                 ) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+    """``(slug, differing keys)`` of every point whose run directory holds a run (``done`` or ``partial``)
+    made with a config other than ``cfgs[slug]`` (:func:`repalign.fingerprint.config_diff` of the point's
+    ``config.yaml``, with the plug-in file hashes of its meta.json, against the spec's config)."""
+    from repalign.fingerprint import config_diff, payload, run_payload
+
+    stale = []
+    for p in points:
+        rd = out / "points" / p.slug
+        if point_status(rd) not in ("done", "partial") or not (rd / "config.yaml").exists():
+            continue
+        diff = config_diff(run_payload(rd), payload(cfgs[p.slug]))
+        if diff:
+            stale.append((p.slug, diff))
+    return stale
+
+
+def _stale_message(out: Path, stale: Sequence[tuple[str, list[tuple[str, Any, Any]]]]) -> str:
+    from repalign.fingerprint import describe_diff
+
+    shown = "; ".join(f"{slug} ({describe_diff(d, 'point has', 'spec asks', limit=3)})" for slug, d in stale[:4])
+    more = f"; … {len(stale) - 4} more" if len(stale) > 4 else ""
+    return (f"sweep {str(out)!r}: {len(stale)} point(s) were run with another config than the spec asks for: "
+            f"{shown}{more}; pass --redo-stale to re-run them, or use another --out")
+
+
+def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: bool = False,
+               redo_stale: bool = False) -> SweepResult:
     """Run every unfinished point of ``spec`` and (re)write ``OUT/summary.csv``.
 
     Finished points (``DONE``) are skipped, partial ones resumed, stale ones restarted. Every point's
-    config is resolved before anything runs, so a bad grid value fails fast (one-line error).
+    config is resolved before anything runs, so a bad grid value fails fast (one-line error). A finished
+    or partial point whose run was made with another config (:func:`stale_points`) is not done: the sweep
+    stops before writing anything, naming the points and keys (:class:`StalePointsError`), unless
+    ``redo_stale`` — then those points are cleared and run again.
     ``dry_run``: write configs + sweep.json, print the commands, train nothing.
     """
     out = Path(spec.out)
     points = expand(spec)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "points").mkdir(exist_ok=True)
-    cfg_paths: dict[str, Path] = {}
+    cfgs: dict[str, dict[str, Any]] = {}
     for p in points:  # every point is validated before any runs (one-line error naming the point)
         cfg = point_config(spec, p)
         if not dry_run:
@@ -365,6 +399,20 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
                 check_data_root(cfg)
             except UserError as e:
                 raise ConfigError(f"sweep point {p.slug!r}: {e}") from None
+        cfgs[p.slug] = cfg
+    stale = stale_points(out, points, cfgs)
+    if stale and not redo_stale:
+        raise StalePointsError(_stale_message(out, stale))
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "points").mkdir(exist_ok=True)
+    for slug, _diff in stale:
+        rd = out / "points" / slug
+        if not dry_run and lock_holder(rd) is None:
+            log(f"  stale {slug}: run with another config; cleared, to run again (--redo-stale)")
+            clear_run_dir(rd)  # only what repalign wrote; other files make it refuse
+    cfg_paths: dict[str, Path] = {}
+    for p in points:
+        cfg = cfgs[p.slug]
         path = out / "configs" / f"{p.slug}.yaml"
         text = dump_config(cfg)
         if not path.exists() or path.read_text() != text:
@@ -623,17 +671,38 @@ TIMING_KEYS = frozenset({"wall_s", "samples_per_s"})
 
 
 def summary_rows(out: Path, points: Sequence[Point], grid_keys: Sequence[str]) -> list[dict[str, Any]]:
-    """``align``/``eval``/``lossgap`` rows of every finished point, each with ``point`` and the grid values."""
+    """``align``/``eval``/``lossgap`` rows of every finished point, each with ``point``, the grid values and
+    ``config_fingerprint`` (the point's config fingerprint without its seed, from its ``config.yaml``).
+    Points of one condition (same grid values apart from ``seed``) whose configs differ are refused with
+    one line naming the points and keys (:class:`~repalign.analysis.aggregate.MixedConfigError`)."""
+    from repalign.analysis.aggregate import FINGERPRINT, MixedConfigError
+    from repalign.fingerprint import config_diff, describe_diff, fingerprint, run_payload
+
     rows: list[dict[str, Any]] = []
+    first: dict[tuple, tuple[str, dict[str, Any]]] = {}
     for p in points:
         rd = out / "points" / p.slug
         if point_status(rd) != "done" or not (rd / "metrics.jsonl").exists():
             continue
+        fp = None
+        if (rd / "config.yaml").exists():
+            pl = run_payload(rd, seed=False)
+            fp = fingerprint(of=pl, seed=False)
+            cond = tuple(p.values.get(k) for k in grid_keys if k != "seed")
+            if cond not in first:
+                first[cond] = (p.slug, pl)
+            else:
+                diff = config_diff(first[cond][1], pl)
+                if diff:
+                    raise MixedConfigError(
+                        f"sweep {str(out)!r}: points {first[cond][0]!r} and {p.slug!r} of one condition were run "
+                        f"with different configs ({describe_diff(diff, 'first has', 'second has', limit=3)}); their "
+                        "seeds cannot be pooled — re-run the stale points (--redo-stale)")
         prow = sorted((r for r in read_rows(rd) if r.get("kind") in SUMMARY_KINDS),
                       key=lambda r: r.get("step", 0))
         for r in prow:
             r = {k: v for k, v in r.items() if k not in TIMING_KEYS}  # keep the summary deterministic
-            rows.append({"point": p.slug, **{k: p.values.get(k) for k in grid_keys}, **r})
+            rows.append({"point": p.slug, **{k: p.values.get(k) for k in grid_keys}, **r, FINGERPRINT: fp})
     return rows
 
 

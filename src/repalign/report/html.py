@@ -394,6 +394,9 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     rows = read_summary(d / "summary.csv") if (d / "summary.csv").exists() else []
     align = [r for r in rows if r.get("kind") in ("align", "baseline")]
     varying = [c for c in keys if c != "seed"]
+    from repalign.analysis.aggregate import check_one_config
+
+    check_one_config(rows, varying, f"report {str(d)!r}")  # seeds of different configs are never pooled (issue 17)
     group = varying[0] if len(varying) == 1 else ("condition" if varying else None)
     if group == "condition":
         for r in align:

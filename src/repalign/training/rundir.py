@@ -125,7 +125,12 @@ class RunDir:
         write_atomic(self.metrics_path, "".join(json.dumps(_clean(r)) + "\n" for r in rows).encode())
 
     def write_config(self, cfg: Mapping[str, Any]) -> None:
+        """Write ``config.yaml``; its fingerprint (:func:`repalign.fingerprint.record`) goes into the
+        meta.json :meth:`write_meta` writes next."""
         if self.write:
+            from repalign.fingerprint import record
+
+            self._fingerprint = record(cfg)
             (self.path / "config.yaml").write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
@@ -137,6 +142,8 @@ class RunDir:
         meta = {"versions": versions(), "git_revision": git_revision(), "argv": sys.argv,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hostname": platform.node(),
                 "pid": os.getpid(), **extra}
+        if getattr(self, "_fingerprint", None) is not None and "config_fingerprint" not in meta:
+            meta["config_fingerprint"] = self._fingerprint
         (self.path / "meta.json").write_text(json.dumps(_clean(meta), indent=2))
 
     def read_meta(self) -> dict[str, Any]:

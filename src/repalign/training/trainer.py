@@ -482,6 +482,10 @@ class CoupledTrainer:
 
     def _resume(self) -> None:
         assert self.run is not None
+        # a resumed run is the uninterrupted run of its config.yaml: any other config is refused (issue 17)
+        from repalign.fingerprint import check_resume
+
+        check_resume(self.run.path, self.cfg)
         # loaded on the CPU (verified there); load_state_dict copies to the device
         state, used, problems = load_latest(self.run.ckpt_dir / "last.pt", map_location="cpu")
         for p in problems:
