@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
                    help="layer output → feature row: flatten (default), avg (spatial/token mean), none (2-D only)")
     c.add_argument("--max-samples", type=int, default=None, help="compare at most N samples")
     c.add_argument("--batch-size", type=int, default=256, help="batch size of the forward passes (default 256)")
-    c.add_argument("--device", default=None, help="device (default: cpu)")
+    c.add_argument("--device", default=None, help="device, e.g. cuda (default: cpu, where loaded models live)")
     c.add_argument("--ci", default=None, choices=["bootstrap"], help="bootstrap interval over samples")
     c.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
     c.add_argument("--baseline", default=None, choices=["reinit"], help="also compare re-initialised copies")
