@@ -434,3 +434,22 @@ def test_docs_compare_examples_run(tmp_path, monkeypatch, tiny_cfg, capsys):
     out = capsys.readouterr().out
     assert "layer1 vs layer1: flatten" in out and "untrained:" in out
     assert (tmp_path / "compare_resnets.html").is_file()
+
+
+def test_progress_lines_and_silence(capsys, data64):
+    a, b = small_net(0), small_net(1)
+    compare(a, b, data64, layers_a=["4"], layers_b=["4"], batch_size=32, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["compare: batch 1/2 done (32 samples)", "compare: batch 2/2 done (64 samples)"]
+    compare(a, b, data64, layers_a=["4"], layers_b=["4"], batch_size=32, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_inputs_one_line(data64):
+    a, b = small_net(0), small_net(1)
+    with pytest.raises(ValueError, match="max_dim=10"):
+        compare(a, b, data64, layers_a=["0"], layers_b=["4"], max_dim=10, method="moments", progress=False)
+    with pytest.raises(ValueError, match="unknown metric 'cca'"):
+        compare(a, b, data64, metrics=["cca"], progress=False)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        compare(a, b, data64, pool="max", progress=False)
