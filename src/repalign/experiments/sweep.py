@@ -27,7 +27,9 @@ Layout::
 
 A point with a ``DONE`` marker is skipped on re-run; a point with a checkpoint but no marker is
 resumed (``--resume``, bitwise-exact continuation by the trainer); a point directory without a
-checkpoint is restarted from scratch.
+checkpoint is restarted from scratch. A finished or partial point whose run was made with another config
+than the spec asks for (config fingerprint, :mod:`repalign.fingerprint`) is neither: the sweep stops before
+running anything, naming the points and keys, unless ``--redo-stale`` (then they are re-run).
 """
 from __future__ import annotations
 
