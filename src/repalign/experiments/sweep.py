@@ -403,6 +403,7 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
                 raise ConfigError(f"sweep point {p.slug!r}: {e}") from None
         cfgs[p.slug] = cfg
     stale = stale_points(out, points, cfgs)
+    stale_slugs = {slug for slug, _ in stale}
     if stale and not redo_stale:
         raise StalePointsError(_stale_message(out, stale))
     (out / "configs").mkdir(parents=True, exist_ok=True)
@@ -426,7 +427,7 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
     for p in points:
         rd = out / "points" / p.slug
         st = point_status(rd)
-        if st == "done":
+        if st == "done" and p.slug not in stale_slugs:
             skipped.append(p.slug)
             continue
         busy = lock_holder(rd)
