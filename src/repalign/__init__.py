@@ -4,9 +4,30 @@ Data flow: config → data/views → models → coupled trainer → run director
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING
+
+try:  # one source: the version in pyproject.toml, read back from the installed package's metadata
+    __version__: str = _dist_version("repalign")
+except _PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 from repalign.config import ConfigError, load_config, resolve_arms, resolve_pairs, validate  # noqa: E402
+
+if TYPE_CHECKING:  # what mypy/pyright see for the lazy names below (runtime: __getattr__)
+    from repalign import data, evaluation, losses, metrics, models, training  # noqa: F401
+    from repalign.api import train  # noqa: F401
+    from repalign.compare.api import Comparison  # noqa: F401
+    from repalign.compare.api import compare  # noqa: F401  (the callable package at run time)
+    from repalign.data import build_source  # noqa: F401
+    from repalign.export import load_encoder  # noqa: F401
+    from repalign.losses import (ContrastiveLoss, ce_loss, dcl_loss, loss_gap_bound, nscl_loss,  # noqa: F401
+                                 ntxent_loss, supcon_loss)
+    from repalign.metrics import linear_cka, rsa, similarity_gap, weight_gap  # noqa: F401
+    from repalign.models import build_model  # noqa: F401
+    from repalign.seeding import derive_seed  # noqa: F401
+    from repalign.training import CoupledTrainer  # noqa: F401
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import repalign` light

@@ -130,6 +130,10 @@ def cmd_configs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; building it imports neither torch nor matplotlib (``--help`` is instant)."""
     p = argparse.ArgumentParser(prog="repalign", description=DESCRIPTION)
+    from repalign import __version__  # the installed package's metadata (pyproject.toml's version)
+
+    p.add_argument("--version", action="version", version=f"repalign {__version__}",
+                   help="print the version of repalign and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("train", help="train the arms of CONFIG in lockstep",
                        description="Train the arms of a config in lockstep (shared initial weights, batches and "
