@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["EXEMPT", "VERSION", "payload", "fingerprint", "record", "config_diff", "describe_diff",
-           "file_sha256", "reference_file", "run_payload", "check_resume", "MISSING"]
+           "file_sha256", "reference_file", "run_payload", "stored_record", "check_resume", "MISSING"]
 
 #: version of the payload layout (stored with the fingerprint in meta.json)
 VERSION = 1
@@ -254,7 +254,7 @@ def stored_record(run_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     rec = meta.get("config_fingerprint") if isinstance(meta, Mapping) else None
-    return rec if isinstance(rec, Mapping) else None
+    return dict(rec) if isinstance(rec, Mapping) else None
 
 
 def check_resume(run_dir: str | Path, asked: Mapping[str, Any]) -> None:
