@@ -234,3 +234,29 @@ def test_aggregate_and_comparisons_refuse_a_condition_mixing_fingerprints():
         comparison_rows(mixed, ["tau"])
     other_condition = same + [{**row(2, "b" * 64, 0.9), "tau": 0.1}]  # different condition: fine
     assert {r["n"] for r in aggregate_rows(other_condition, ["tau"]) if r["metric"] == "linear_cka"} == {1, 2}
+
+
+def test_reproduce_reuses_a_finished_run_only_with_its_config(tmp_path, monkeypatch, capsys):
+    """`repalign reproduce` reuses finished points only when their config is the one the plan asks for."""
+    from dataclasses import replace
+
+    from repalign.experiments import reproduce as rp
+
+    out = tmp_path / "fig1"
+    assert main(["reproduce", "fig1", "--tiny", "--out", str(out)]) == 0
+    d = rp.FIGS["fig1"]
+
+    def changed(scale: str) -> list:  # the same plan with another learning rate (e.g. an edited base config)
+        return [replace(p, spec=dict(p.spec, overrides=[*(p.spec.get("overrides") or []), "optim.lr=0.05"]))
+                for p in d.plans(scale)]
+
+    monkeypatch.setitem(rp.FIGS, "fig1", replace(d, plans=changed))
+    csv_before = (out / "fig1.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["reproduce", "fig1", "--tiny", "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "optim.lr: point has" in err and "spec asks 0.05" in err and "--redo-stale" in err
+    assert (out / "fig1.csv").read_bytes() == csv_before
+    assert main(["reproduce", "fig1", "--tiny", "--out", str(out), "--redo-stale"]) == 0
+    pts = sorted((out).glob("*/points/*/config.yaml"))
+    assert pts and all(yaml.safe_load(p.read_text())["optim"]["lr"] == 0.05 for p in pts)
