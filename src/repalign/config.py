@@ -21,10 +21,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line and names the key."""
-
+from repalign.errors import ConfigError  # the one class; defined where plug-ins and data need not import config
 
 _OPT = object()  # marker: value may be None
 
@@ -420,8 +417,8 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
             base.pop(k, None)
         spec = {**base, **spec}
         same_as = other
-    from repalign.objectives import get_objective, objective_names
-    from repalign.plugins import normalise_reference
+    from repalign.objectives import objective_names  # the built-in registry only: imports no plug-in
+    from repalign.plugins import is_reference, normalise_reference
 
     if "objective" not in spec:
         raise ConfigError(f"config key '{where}.objective': missing (one of {', '.join(objective_names())} or an "
@@ -429,7 +426,11 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
     objective = spec.pop("objective")
     if isinstance(objective, str):
         objective = normalise_reference(objective)
-    get_objective(objective, f"{where}.objective")  # unknown name / bad reference: one line naming the key
+    # by name only (issue 17): a built-in name, or a reference whose syntax is checked here and whose file
+    # validate() checks; the plug-in is imported (and probed) only by the trainer, never by reading a config
+    if not (isinstance(objective, str) and (objective in objective_names() or is_reference(objective))):
+        raise ConfigError(f"config key '{where}.objective': must be one of {', '.join(objective_names())} or an "
+                          f"import reference 'package.module:name' / 'path/to/file.py:name', got {objective!r}")
     seeds: dict[str, int | None] = {"init_seed": None, "data_seed": None}
     for s in ("init_seed", "data_seed"):
         if s in spec:
@@ -477,7 +478,10 @@ def _flatten_arm(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_arms(cfg: Mapping[str, Any]) -> list[Arm]:
-    """Resolve ``cfg["arms"]`` (or the default four) into :class:`Arm` objects, in config order."""
+    """Resolve ``cfg["arms"]`` (or the default four) into :class:`Arm` objects, in config order.
+
+    Names only: an objective is a built-in name or a reference string; nothing is imported and no
+    file is read (reports and summaries call this on run directories they did not write)."""
     flat = flatten(cfg)
     arms_raw = cfg.get("arms") or DEFAULT_ARMS
     if not isinstance(arms_raw, Mapping) or not arms_raw:
@@ -526,8 +530,33 @@ def _source_classes(source: str) -> int | None:
     return n
 
 
-def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Check every key of a nested config, fill defaults, resolve arms; return the resolved config."""
+def code_references(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, reference)`` of every plug-in of a (resolved) config — ``model.encoder``, ``data.source``,
+    ``arms.<name>.objective`` — that is an import or file reference (adapters and built-in names left
+    out): the code a command rebuilding the run would import. Reads names only."""
+    from repalign.plugins import is_code_reference
+
+    out = [(k, cfg.get(k.split(".")[0], {}).get(k.split(".")[1])) for k in ("model.encoder", "data.source")]
+    out += [(f"arms.{a.name}.objective", a.objective) for a in resolve_arms(cfg)]
+    return [(k, v) for k, v in out if is_code_reference(v)]
+
+
+def check_references(cfg: Mapping[str, Any]) -> None:
+    """Every plug-in reference of a resolved config checked by name and file (syntax, the file exists, the
+    module is on the import path other than the current directory), importing nothing
+    (:func:`repalign.plugins.check_reference`)."""
+    from repalign.plugins import check_reference
+
+    for key, ref in code_references(cfg):
+        check_reference(ref, key)
+
+
+def validate(cfg: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]:
+    """Check every key of a nested config, fill defaults, resolve arms; return the resolved config.
+
+    Imports no plug-in, objective or data-source code: plug-in references are checked by name and, with
+    ``check_files`` (default), by file (:func:`check_references`); ``check_files=False`` is for commands
+    that read a received run and need none of its plug-ins (``export`` of a built-in encoder)."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(cfg).__name__}")
     flat_in = flatten(cfg)
@@ -562,6 +591,8 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         spec = out["arms"].get(a.name)
         if isinstance(spec, dict) and isinstance(spec.get("objective"), str) and spec["objective"] != a.objective:
             spec["objective"] = a.objective
+    if check_files:
+        check_references(out)
     for a in arms:
         if a.settings["train.precision"] == "fp16" and flat["train.device"] == "cpu":
             raise ConfigError(f"config key 'arms.{a.name}.precision': fp16 needs a CUDA device (use bf16 on CPU)")
@@ -597,11 +628,12 @@ def resolve_config_path(path: str | Path) -> str:
     return str(path)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                check_files: bool = True) -> dict[str, Any]:
     """Load YAML (or defaults when ``path`` is None), apply ``key=value`` overrides, validate.
 
     ``path`` is a file or the name of a bundled config (``load_config("demo")``; see
-    :func:`bundled_configs`)."""
+    :func:`bundled_configs`). Imports no plug-in (``check_files``: see :func:`validate`)."""
     cfg: dict[str, Any] = {}
     if path is not None:
         p = Path(resolve_config_path(path))
@@ -629,7 +661,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"unknown config key {k!r}{_suggest(k, list(SCHEMA))}")
         flat[k] = v
         cfg = unflatten(flat)
-    return validate(unflatten(flatten(cfg)) if overrides else cfg)
+    return validate(unflatten(flatten(cfg)) if overrides else cfg, check_files=check_files)
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:

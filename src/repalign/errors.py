@@ -27,6 +27,12 @@ class UserError(Exception):
     exit_code = EXIT_BAD_INPUT
 
 
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line and names the key (re-exported as
+    :class:`repalign.config.ConfigError`; defined here so that :mod:`repalign.plugins`,
+    :mod:`repalign.objectives` and the data sources need not import :mod:`repalign.config`)."""
+
+
 class DataError(UserError, ValueError):
     """The dataset is missing, unreadable or corrupt (names the file or the config key to set)."""
 

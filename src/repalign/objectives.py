@@ -23,7 +23,7 @@ import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
-from repalign.config import ConfigError
+from repalign.errors import ConfigError
 from repalign.plugins import is_reference, load_reference
 
 
@@ -145,7 +145,11 @@ def _probe(obj: Objective, ref: str, key: str) -> None:
 def get_objective(name: Any, key: str = "objective") -> Objective:
     """The :class:`Objective` for a registered name/alias or an import reference; one-line
     :class:`~repalign.config.ConfigError` naming ``key`` otherwise (unknown name, not importable,
-    wrong signature, not a scalar loss on a probe batch)."""
+    wrong signature, not a scalar loss on a probe batch).
+
+    For a reference this imports the plug-in and calls it once on a probe batch: only the trainer (and
+    the commands that rebuild a run, under :func:`repalign.plugins.guard`) call it — config validation,
+    reports, summaries and verdicts use names (:func:`repalign.config.resolve_arms`, ``meta.json``)."""
     if isinstance(name, str) and name in REGISTRY:
         return REGISTRY[name]
     if isinstance(name, str) and is_reference(name):

@@ -85,35 +85,53 @@ def corollary_bound(row: Mapping[str, Any]) -> tuple[float, float, float, str]:
     return rho, cka_cos, float(cka_lower_bound(rho)), "bound"
 
 
-def lr_per_step(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
-                arm: str | None = None) -> np.ndarray:
-    """Exact learning rate η_t of every optimiser step ``t = 0..T−1`` of an arm (default: the first).
-
-    Recomputed from the config as the trainer does: peak = ``scaled_lr(lr, B, lr_rule)``,
-    factor = ``warmup_cosine_factor(t, T, round(warmup_epochs · steps_per_epoch), final_fraction)``.
-    """
+def arm_settings(cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+                 arm: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(name, settings)`` of an arm (default: the first) — its per-arm dotted keys (``loss.temperature``,
+    ``optim.lr``, …) — by *name only*: from ``meta.json`` (``arms.<name>.settings``, what the trainer
+    used) when it records them, else from the config's arms resolved without importing anything
+    (:func:`repalign.config.resolve_arms`). A plug-in objective is never imported or probed (issue 17)."""
+    recorded = (meta or {}).get("arms") if isinstance(meta, Mapping) else None
+    if isinstance(recorded, Mapping) and recorded:
+        name = next(iter(recorded)) if arm is None else arm
+        entry = recorded.get(name)
+        if isinstance(entry, Mapping) and isinstance(entry.get("settings"), Mapping):
+            return name, dict(entry["settings"])
     from repalign.config import resolve_arms
-    from repalign.training.optim import scaled_lr
-    from repalign.training.schedule import warmup_cosine_factor
 
     arms = resolve_arms(cfg)
     a = arms[0] if arm is None else next((x for x in arms if x.name == arm), None)
     if a is None:
         raise ValueError(f"arm {arm!r} not in the config (arms: {[x.name for x in arms]})")
+    return a.name, dict(a.settings)
+
+
+def lr_per_step(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
+                arm: str | None = None, meta: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Exact learning rate η_t of every optimiser step ``t = 0..T−1`` of an arm (default: the first).
+
+    Recomputed from the config as the trainer does: peak = ``scaled_lr(lr, B, lr_rule)``,
+    factor = ``warmup_cosine_factor(t, T, round(warmup_epochs · steps_per_epoch), final_fraction)``;
+    the arm's settings by name (:func:`arm_settings`).
+    """
+    from repalign.training.optim import scaled_lr
+    from repalign.training.schedule import warmup_cosine_factor
+
+    _name, a = arm_settings(cfg, meta, arm)
     B = int(cfg["train"]["batch_size"])
     T = int(total_steps) if total_steps is not None else int(cfg["train"]["epochs"]) * int(steps_per_epoch)
     if cfg["train"].get("max_steps"):
         T = min(T, int(cfg["train"]["max_steps"]))
-    peak = scaled_lr(a.get("optim.lr"), B, a.get("optim.lr_rule"))
-    warm = int(round(a.get("optim.warmup_epochs") * steps_per_epoch))
-    fin = a.get("optim.final_lr_fraction")
+    peak = scaled_lr(a["optim.lr"], B, a["optim.lr_rule"])
+    warm = int(round(a["optim.warmup_epochs"] * steps_per_epoch))
+    fin = a["optim.final_lr_fraction"]
     return np.array([peak * warmup_cosine_factor(t, T, warm, fin) for t in range(T)], dtype=np.float64)
 
 
 def cumulative_lr(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None,
-                  arm: str | None = None) -> np.ndarray:
+                  arm: str | None = None, meta: Mapping[str, Any] | None = None) -> np.ndarray:
     """``S[t] = Σ_{s<t} η_s`` for ``t = 0..T`` (``S[0] = 0``), shape ``[T + 1]``."""
-    eta = lr_per_step(cfg, steps_per_epoch, total_steps, arm)
+    eta = lr_per_step(cfg, steps_per_epoch, total_steps, arm, meta)
     return np.concatenate([[0.0], np.cumsum(eta)])
 
 
@@ -160,10 +178,10 @@ def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta:
     align = sorted((r for r in align if (r["arm_a"], r["arm_b"]) == tuple(pair)), key=lambda r: r["step"])
     if not align:
         return []
-    from repalign.config import resolve_arms
-
-    arm_a = next((a for a in resolve_arms(cfg) if a.name == pair[0]), None)
-    tau = float(arm_a.get("loss.temperature") if arm_a else cfg["loss"]["temperature"])
+    try:  # by name: meta.json's settings of the arm, else the config's (nothing imported)
+        tau = float(arm_settings(cfg, meta, pair[0])[1]["loss.temperature"])
+    except (ValueError, KeyError):
+        tau = float(cfg["loss"]["temperature"])
     B = int(cfg["train"]["batch_size"])
     C = int(meta.get("num_classes") or cfg["data"].get("num_classes") or 0)
     if C < 1:
@@ -173,7 +191,7 @@ def theory_rows(rows: Iterable[Mapping[str, Any]], cfg: Mapping[str, Any], meta:
     S = None
     if spe:
         try:
-            S_all = cumulative_lr(cfg, int(spe), meta.get("total_steps"), arm=pair[0])
+            S_all = cumulative_lr(cfg, int(spe), meta.get("total_steps"), arm=pair[0], meta=meta)
             S = np.array([S_all[min(s, len(S_all) - 1)] for s in steps])
         except ImportError:  # training package unavailable: integrate the logged lr instead
             S = None

@@ -105,7 +105,7 @@ def encoder_factory(ref: str, key: str = "model.encoder") -> Any:
         return partial(_timm_encoder, ref.split(":", 1)[1])
     fn = load_reference(ref, key)
     if not callable(fn):
-        from repalign.config import ConfigError
+        from repalign.errors import ConfigError
 
         raise ConfigError(f"config key {key!r}: {ref!r} is a {type(fn).__name__}, not a callable "
                           "(channels, image_size, **options) → nn.Module")
@@ -116,7 +116,7 @@ def build_external_encoder(ref: str, channels: int, image_size: int, options: Ma
                            cifar_stem: bool = False, key: str = "model.encoder") -> ExternalEncoder:
     """Build a plug-in encoder and check it on a probe batch of zeros ``[2, channels, S, S]`` (eval
     mode, no random numbers drawn): the output must be ``[2, F]``. Errors are one line naming ``key``."""
-    from repalign.config import ConfigError
+    from repalign.errors import ConfigError
     from repalign.plugins import adapter_of
 
     factory = encoder_factory(ref, key)
