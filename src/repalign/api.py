@@ -5,9 +5,12 @@ objectives and data, returning the run directory.
                          sources=(train_ds, test_ds), run_dir="runs/mine", overrides=["train.epochs=2"])
 
 Objects given here are stored in the run's ``config.yaml`` as import references when they can be
-imported back (``module:qualname``), else as ``python:<name>`` (then later commands in another
-process — ``repalign align``, ``--resume`` — need the object again: pass it to :func:`train` with
-``resume=True``, or define it in an importable module or file).
+imported back (``module:qualname``, or ``/abs/file.py:qualname`` for a module loaded from a file;
+:func:`repalign.plugins.register_in_process`), so later processes rebuild them (a plug-in import:
+``--trust-code`` / ``trust_code=True`` / ``REPALIGN_TRUST_CODE=1``). Objects without one (defined in a
+notebook or inside a function) are stored as ``python:<name>``: later commands in another process say so
+in one line naming the arm and key, and take the object back — ``repalign.load_encoder(run, arm,
+encoder=MyEncoder)``, ``export_encoder(..., encoder=...)``, ``train(..., resume=True)`` with the objects.
 """
 from __future__ import annotations
 

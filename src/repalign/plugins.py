@@ -340,8 +340,13 @@ def load_reference(ref: str, key: str) -> Any:
 
 
 def register_in_process(obj: Any, kind: str) -> str:
-    """A reference for a Python object: ``module:qualname`` when that imports back to ``obj`` (works in
-    later processes), else ``python:<name>`` registered in this process."""
+    """A reference for a Python object that later processes can rebuild (issue 20): ``module:qualname``
+    when that imports back to ``obj``; ``/abs/path/file.py:qualname`` when ``obj`` is a module-level name
+    of a module loaded from a file that is not importable by name (never ``__main__``: importing a
+    script again would run it); else ``python:<name>`` registered in this process only — a later
+    process is then told in one line to pass the object again (``load_encoder(..., encoder=...)``).
+    Rebuilding a recorded module/file reference in a later process is a plug-in import (consent:
+    :func:`require_trust`)."""
     mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if mod and qual and mod != "__main__" and "<" not in qual:
         try:
@@ -349,6 +354,14 @@ def register_in_process(obj: Any, kind: str) -> str:
                 return f"{mod}:{qual}"
         except Exception:  # noqa: BLE001
             pass
+        m = sys.modules.get(mod)
+        f = getattr(m, "__file__", None)
+        if m is not None and f and str(f).endswith(".py"):
+            o: Any = m
+            for part in qual.split("."):
+                o = getattr(o, part, None)
+            if o is obj:
+                return f"{_resolved(f)}:{qual}"
     name = getattr(obj, "name", None) or getattr(obj, "__name__", None) or type(obj).__name__
     ref = f"python:{name}"
     IN_PROCESS[ref] = obj
