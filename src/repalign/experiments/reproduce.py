@@ -87,8 +87,11 @@ def reproduce(fig: str, scale: str = "cpu", out: str | Path | None = None, proce
             log(text)
             return outp
     if scale != "paper" or run:
-        for plan in plans:
+        from repalign.progress import progress_line
+
+        for i, plan in enumerate(plans, 1):  # each sweep logs its points N/M; then the sweeps N/M (ETA)
             run_sweep(_spec(plan, outp, processes), log=log, redo_stale=redo_stale)
+            log(progress_line(f"{fig}: sweep", i, len(plans), time.perf_counter() - t0, label=plan.name))
     results = [(p, _collect(p, outp)) for p in plans]
     ctx = Context(fig, scale, outp, results)
     for old in outp.glob("*.png"):

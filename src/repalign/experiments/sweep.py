@@ -451,6 +451,11 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
         return SweepResult(out, out / "summary.csv", [], skipped, resumed, busy=busy_points)
     ran: list[str] = []
     submitted: list[str] = []
+    import threading
+    import time as _time
+
+    from repalign.progress import progress_line
+    t_start, n_done, done_lock = _time.perf_counter(), [0], threading.Lock()
 
     def one(item: tuple[Point, bool]) -> str:
         p, res = item
@@ -462,7 +467,11 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
             threads = spec.threads_per_process or max(1, (os.cpu_count() or 1) // spec.processes)
             secs = run_point_subprocess(str(cfg_paths[p.slug]), str(rd), res, out / "logs" / f"{p.slug}.log", threads)
         _mark_done(rd, p, secs)
-        log(f"  done {p.slug} ({secs:.1f} s)")
+        with done_lock:  # point N/M, elapsed, ETA from the finished points (repalign.progress)
+            n_done[0] += 1
+            line = progress_line("point", n_done[0], len(todo), _time.perf_counter() - t_start,
+                                 label=f"{p.slug}, {secs:.1f} s")
+        log(f"  done {line}")
         return p.slug
 
     if launcher == "slurm":
