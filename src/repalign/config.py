@@ -657,11 +657,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node[parts[-1]] = v
             flat = flatten(cfg)
             continue
+        if k == "arms" and isinstance(v, list):  # arms=[cl,nscl]: select the config's arms by name, in order
+            cfg = _select_arms(unflatten(flat), v)
+            flat = flatten(cfg)
+            continue
         if k not in SCHEMA:
             raise ConfigError(f"unknown config key {k!r}{_suggest(k, list(SCHEMA))}")
         flat[k] = v
         cfg = unflatten(flat)
     return validate(unflatten(flatten(cfg)) if overrides else cfg, check_files=check_files)
+
+
+def _select_arms(cfg: dict[str, Any], names: list[Any]) -> dict[str, Any]:
+    """The override ``arms=[a,b,...]`` (issue 20): keep only those arms of the config (or of the default
+    four), in that order, with their settings; ``pairs`` naming a dropped arm are dropped. An unknown name
+    is one line listing the arms there are."""
+    have = cfg.get("arms") or copy.deepcopy(DEFAULT_ARMS)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("config key 'arms': a list override must name arms, e.g. arms=[cl,nscl]")
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise ConfigError(f"config key 'arms': no arm {unknown[0]!r} in the config (arms: {', '.join(have)}); "
+                          "to define one, use arms.<name>.objective=<objective>")
+    out = dict(cfg)
+    out["arms"] = {n: have[n] for n in names}
+    for n in names:
+        ref = (have[n] or {}).get("same_as") if isinstance(have[n], Mapping) else None
+        if ref is not None and ref not in out["arms"]:
+            raise ConfigError(f"config key 'arms': arm {n!r} is a control of {ref!r} (same_as); select {ref!r} too")
+    if isinstance(out.get("pairs"), list):
+        out["pairs"] = [p for p in out["pairs"] if all(a in out["arms"] for a in p)] or None
+    return out
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:
