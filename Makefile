@@ -1,5 +1,5 @@
 # repalign — two commands do all set-up on a fresh machine:
-#   make demo   train CL, NSCL, SCL and CE in lockstep on Fashion-MNIST, print a summary
+#   make demo   train CL, NSCL, SCL and CE (+ chaos and noise floors) in lockstep on the procedural strokes data, print a summary + report
 #   make test   run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 .PHONY: demo test data install bench gpu-check clean help
 
 help:
-	@echo "make demo   - coupled CL/NSCL/SCL/CE run with chaos- and noise-floor controls on Fashion-MNIST (about 4 min on 2 CPU cores)"
+	@echo "make demo   - coupled CL/NSCL/SCL/CE run with chaos- and noise-floor controls on the procedural strokes data (100 classes; a few minutes on 2 CPU cores) + report"
 	@echo "make test   - test suite"
 	@echo "make bench  - benchmarks (writes benchmarks/results/)"
 	@echo "make gpu-check - correctness + speed on one CUDA GPU, <= 8 min (writes benchmarks/results/gpu/<gpu>.json + .md)"

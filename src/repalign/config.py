@@ -185,6 +185,10 @@ SCHEMA: dict[str, Key] = {
     "pairs": Key(LIST, None, nullable=True, doc="arm pairs compared by alignment metrics"),
 }
 
+#: The arms of a config without ``arms`` (issue 20: deliberately no controls — a chaos floor and a noise
+#: floor are two more full arms, +50 % compute on every default run; the bundled ``demo`` and the figure
+#: configs carry them, and ``configs/arms/noise_floor.yaml`` shows how to add them: ``cl_eps: {same_as: cl,
+#: init_perturb: 1.0e-6}``, ``cl_data: {same_as: cl, data_seed: 1002}``).
 DEFAULT_ARMS: dict[str, dict[str, Any]] = {
     "cl": {"objective": "cl"}, "nscl": {"objective": "nscl"},
     "scl": {"objective": "scl"}, "ce": {"objective": "ce"},
