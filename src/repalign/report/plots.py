@@ -54,7 +54,30 @@ def aggregate(rows: Iterable[Mapping[str, Any]], x: str, y: str) -> tuple[np.nda
     ci = [t_interval(v) if len(v) > 1 else None for v in vals]
     lo = np.array([c[0] if c else m for c, m in zip(ci, means)])
     hi = np.array([c[1] if c else m for c, m in zip(ci, means)])
+    if y in BOUNDS:  # a bounded metric's band drawn within its range (clipped; small-n t-intervals overshoot)
+        lo, hi = np.clip(lo, *BOUNDS[y]), np.clip(hi, *BOUNDS[y])
     return xs, means, lo, hi, max(len(v) for v in vals)
+
+
+#: Ranges of bounded metrics (issue 20): their intervals are shown clipped to these (``clip_interval``).
+BOUNDS: dict[str, tuple[float, float]] = {"linear_cka": (0.0, 1.0), "rsa": (-1.0, 1.0), "knn_acc": (0.0, 1.0),
+                                           "linear_cka_rel": (-np.inf, 1.0)}
+
+
+def clip_interval(metric: str, lo: float | None, hi: float | None) -> tuple[float | None, float | None, bool]:
+    """``(lo, hi, clipped)``: a t-interval of a bounded metric (:data:`BOUNDS`, e.g. CKA ∈ [0, 1]) clipped
+    to the metric's range; ``clipped`` says the raw interval crossed it (with few seeds the symmetric
+    t-interval overshoots a mean near a bound; the clipped one is shown and marked)."""
+    if metric not in BOUNDS or lo is None or hi is None:
+        return lo, hi, False
+    a, b = BOUNDS[metric]
+    return max(lo, a), min(hi, b), bool(lo < a or hi > b)
+
+
+def legend_outside(ax: Any, fontsize: float = 6.5) -> None:
+    """The legend to the right of the axes, outside the data area (issue 20: never over a curve)."""
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def _line(ax, rows, x, y, label, col, ls="-", marker="o", band=True, control=False):
@@ -193,8 +216,7 @@ def plot_alignment(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = (
             ax.set_ylabel(metric_label(metric))
             ax.set_title(f"{metric_label(metric)}: {split} split, layer {layer}", fontsize=9)
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[1]:
-                ax.legend(fontsize=6.5, loc="lower left")
+            legend_outside(ax, 6.5)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -221,7 +243,7 @@ def plot_angles(rows: Iterable[Mapping[str, Any]], pair: tuple[str, str] | None 
     ax.set_ylabel("angle (degrees)")
     ax.set_title(f"angle between {pair[0]} and {pair[1]} ({split} split, layer {layer})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, 7)
     return fig
 
 
@@ -271,6 +293,7 @@ def plot_weight_gap(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap
     ctrl = {(r["arm_a"], r["arm_b"]): r.get("control") for r in rows if r.get("kind", "align") == "align"}
     fig, axes = new_figure(1, 2 if with_alignment else 1, w=5.8, h=3.9)
     ax = axes[0, 0]
+    n_fits = 0
     if not ser:
         _no_data(ax, "weight gap")
     for k, (a, b) in enumerate(pairs):
@@ -278,33 +301,41 @@ def plot_weight_gap(rows: Iterable[Mapping[str, Any]], metric: str = "weight_gap
         col = OKABE_ITO[k % len(OKABE_ITO)]
         kind = ctrl.get((a, b))
         lab = (f"[{CONTROL_NAMES[kind]}] " if kind in CONTROL_NAMES else "") + pair_label(a, b)
-        _line(ax, rr, "step", metric, lab, col, marker="." if len(rr) > 40 else "o")
+        if kind:  # controls drawn as in every panel: grey, dashed, shaded
+            _line(ax, rr, "step", metric, lab, CONTROL_COLOURS.get(kind, "#888888"), control=True)
+        else:
+            _line(ax, rr, "step", metric, lab, col, marker="." if len(rr) > 40 else "o")
         f = fits.get((a, b))
         if f is not None and f.resolved:
+            n_fits += 1
             ex = np.linspace(f.start_step, f.end_step, 50)
             ax.plot(ex, np.exp(f.intercept + f.rate_per_step * ex), ":", color=col, lw=2,
                     label=f"fit {pair_label(a, b)}: rate {f.rate_per_step:.3g}/step, steps {f.start_step:g}–{f.end_step:g}")
     ax.set_yscale("log")
     _apply_x(ax, "optimiser step (log scale)", True)
     ax.set_ylabel("weight gap (log scale)")
-    ax.set_title("weight gap; dotted: exponential-phase fit over its window", fontsize=9)
+    ax.set_title("weight gap; dotted: exponential-phase fit over its window" if n_fits else
+                 "weight gap (no exponential-phase fit resolved; see the growth table)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=6)
+    legend_outside(ax, 6)
     if with_alignment:
         ax2 = axes[0, 1]
         al = [r for r in rows if r.get("kind", "align") == "align" and r.get("split") == split
               and r.get("layer", "h") == layer]
         for k, (a, b) in enumerate(pairs):
             rr = [r for r in al if r["arm_a"] == a and r["arm_b"] == b]
-            _line(ax2, rr, "step", "linear_cka", pair_label(a, b), OKABE_ITO[k % len(OKABE_ITO)])
+            kind = ctrl.get((a, b))
+            if kind:
+                _line(ax2, rr, "step", "linear_cka", f"[{CONTROL_NAMES.get(kind, kind)}] {pair_label(a, b)}",
+                      CONTROL_COLOURS.get(kind, "#888888"), control=True)
+            else:
+                _line(ax2, rr, "step", "linear_cka", pair_label(a, b), OKABE_ITO[k % len(OKABE_ITO)])
         _baseline_line(ax2, rows, "linear_cka", split, layer)
         _apply_x(ax2, "optimiser step (log scale)", True)
         ax2.set_ylabel("linear CKA")
         ax2.set_title(f"representation alignment ({split} split, layer {layer})", fontsize=9)
         ax2.grid(alpha=0.3)
-        if ax2.get_legend_handles_labels()[1]:
-            ax2.legend(fontsize=6)
+        legend_outside(ax2, 6)
     return fig
 
 
@@ -335,7 +366,7 @@ def plot_loss_gap(rows: Iterable[Mapping[str, Any]]) -> Figure:
     for a in (ax, ax2):
         a.grid(alpha=0.3, which="both")
         if rows:
-            a.legend(fontsize=7)
+            legend_outside(a, 7)
     return fig
 
 
@@ -357,7 +388,7 @@ def plot_gap_vs_classes(points: Iterable[Mapping[str, Any]], gap_label: str, bou
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     if points:
-        ax.legend(fontsize=7)
+        legend_outside(ax, 7)
     return fig
 
 
@@ -385,7 +416,7 @@ def plot_train_loss(rows: Iterable[Mapping[str, Any]]) -> Figure:
     ax.set_title("per-arm training loss", fontsize=9)
     ax.grid(alpha=0.3)
     if rows:
-        ax.legend(fontsize=7)
+        legend_outside(ax, 7)
     return fig
 
 
@@ -405,7 +436,7 @@ def plot_knn(rows: Iterable[Mapping[str, Any]], metric: str = "knn_acc") -> Figu
     ax.set_title("kNN accuracy (features h, test split)", fontsize=9)
     ax.grid(alpha=0.3)
     if rows:
-        ax.legend(fontsize=7)
+        legend_outside(ax, 7)
     return fig
 
 
@@ -456,7 +487,7 @@ def plot_theory(rows: Iterable[Mapping[str, Any]], group_key: str | None = None,
         _apply_x(a, xlabel, xlog)
         a.grid(alpha=0.3, which="both")
         if rows:
-            a.legend(fontsize=6)
+            legend_outside(a, 6)
     ax.set_yscale("log")
     ax.set_ylabel("‖Σ_a − Σ_b‖_F (unitless, log scale)")
     ax.set_title("similarity gap vs bound shape (constants unknown: trend only)", fontsize=9)
@@ -551,7 +582,7 @@ def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str 
         if rows and controls:  # many entries: below the axes, off the lines
             ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         elif rows:
-            ax.legend(fontsize=6)
+            legend_outside(ax, 6)
     return fig
 
 
