@@ -16,6 +16,11 @@ from typing import Sequence
 from repalign.config import ConfigError, load_config, resolve_config_path
 from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_line
 
+#: --trust-code (issue 17; docs/design.md, "Trust model")
+TRUST_HELP = ("import the plug-in code (objectives, encoder, data source given as file or module references) that "
+              "this run's config.yaml names; needed to rebuild a plug-in run (align, export of a plug-in encoder, "
+              "resume from the run's own config.yaml); same as REPALIGN_TRUST_CODE=1. Only for runs you trust")
+
 # Kept for callers of the old private name; the resolver lives in repalign.config.
 _resolve_config_path = resolve_config_path
 
@@ -65,6 +70,13 @@ def summary_table(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from repalign.training import default_run_dir, train
     from repalign.training.lock import RunLock
@@ -91,7 +103,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             from repalign.fingerprint import check_resume
 
             check_resume(run_dir, cfg)
-        trainer = train(cfg, run_dir, resume=resume)
+        from repalign.plugins import guard, require_trust
+
+        # Training a config the user wrote is consent to import its plug-ins; resuming from the run
+        # directory's own config.yaml (a run possibly received from someone else) needs --trust-code.
+        own = not (resume and _same_file(resolve_config_path(args.config), run_dir / "config.yaml"))
+        if not own:
+            from repalign.config import code_references
+
+            require_trust(code_references(cfg), args.trust_code, "repalign train --resume", run_dir)
+        with guard(run_dir, own or args.trust_code, "repalign train --resume"):
+            trainer = train(cfg, run_dir, resume=resume)
     finally:
         if lock is not None:
             lock.release()
@@ -109,7 +131,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         raise UserError(f"{str(args.run_dir)!r} is not a run directory (no config.yaml)")
     with RunLock(args.run_dir):  # align writes alignment.csv (+ quality.csv, layerwise_*)
         out = align_run(args.run_dir, max_train=args.max_train, max_test=args.max_test, layers=args.layers,
-                        rsa_corr=args.rsa_corr, quality=args.quality, layerwise=args.layerwise)
+                        rsa_corr=args.rsa_corr, quality=args.quality, layerwise=args.layerwise,
+                        trust_code=args.trust_code, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
@@ -148,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", nargs="?", const="run", choices=["run", "all"], default=None,
                    help="replace an existing run: delete what repalign wrote there (refused if the directory "
                         "holds other files); --overwrite=all deletes everything in it")
+    t.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     t.set_defaults(func=cmd_train)
     a = sub.add_parser("align", help="recompute alignment metrics from a run's checkpoints into alignment.csv",
                        description="Recompute the alignment metrics of every compared pair at every saved "
@@ -166,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write quality.csv: linear probe, few-shot NCC, CDNV per arm and checkpoint")
     a.add_argument("--layerwise", action="store_true",
                    help="also write layerwise_<a>_<b>.csv/.png: block-by-block CKA at the last checkpoint")
+    a.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    a.add_argument("--quiet", action="store_true",
+                   help="no progress (default: a bar per checkpoint on a terminal, else one line per checkpoint)")
     a.set_defaults(func=cmd_align)
     c = sub.add_parser("configs", help="list the bundled configs (names usable in place of a path)",
                        description="List the configs shipped with repalign; each name works wherever a config "

@@ -27,11 +27,13 @@ FORMAT = "repalign-encoder-v1"
 
 
 def _arm_cfg(run_dir: Path, arm: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The run's config, the arm and meta.json — by name: no objective, encoder or source is imported, and
+    plug-in files need not exist (only the encoder may be rebuilt, with consent: :func:`_check_trust`)."""
     from repalign.config import load_config, resolve_arms
 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", check_files=False)
     arms = {a.name: a for a in resolve_arms(cfg)}
     if arm not in arms:
         raise UserError(f"--arm: no arm {arm!r} in {str(run_dir)!r} (arms: {', '.join(arms)})")
@@ -39,12 +41,33 @@ def _arm_cfg(run_dir: Path, arm: str) -> tuple[dict[str, Any], Any, dict[str, An
     return cfg, arms[arm], meta
 
 
+def _check_trust(run_dir: Path, mcfg: Mapping[str, Any], trust_code: bool | None, command: str) -> None:
+    """A plug-in encoder (file or module reference) is rebuilt only with consent (issue 17): one line naming
+    ``model.encoder`` and ``--trust-code`` otherwise. Built-in encoders and adapters need none."""
+    from repalign.plugins import require_trust
+
+    require_trust([("model.encoder", mcfg["encoder"])], trust_code, command, run_dir)
+
+
+def fallback_warning(problems: list[str], used: Path, step: Any) -> str | None:
+    """The one-line warning when :func:`~repalign.training.checkpoint.load_latest` fell back to another
+    file than the one asked for: the rejected file's error, the file used and its step."""
+    if not problems:
+        return None
+    return f"repalign: warning: {problems[0]}; using {used.name} (step {step}) instead"
+
+
 def _module_state(run_dir: Path, arm: str, epoch: int | None) -> tuple[Mapping[str, torch.Tensor], Any, int]:
+    import sys
+
     from repalign.training.checkpoint import load_checkpoint, load_latest
 
     ck = run_dir / "checkpoints"
     if epoch is None:
-        state, _path, _warn = load_latest(ck / "last.pt")
+        state, used, problems = load_latest(ck / "last.pt")
+        msg = fallback_warning(problems, used, state.get("step") if isinstance(state, Mapping) else None)
+        if msg:  # never silently the older state (issue 17): the file and the step used
+            print(msg, file=sys.stderr)
         return state["arms"][arm]["module"], state["epoch"], state["step"]
     path = ck / f"epoch_{epoch:04d}.pt"
     if not path.is_file():
@@ -65,15 +88,21 @@ def encoder_state(module_state: Mapping[str, torch.Tensor]) -> tuple[dict[str, t
 
 
 def export_encoder(run_dir: str | Path, arm: str, epoch: int | None = None, fmt: str = "pt",
-                   out: str | Path | None = None) -> Path:
-    """Write the arm's encoder weights (``.pt`` or ``.safetensors``) and ``<name>.json``; return the weights path."""
+                   out: str | Path | None = None, trust_code: bool | None = None, encoder: Any = None) -> Path:
+    """Write the arm's encoder weights (``.pt`` or ``.safetensors``) and ``<name>.json``; return the weights path.
+
+    Imports none of the run's objectives or sources; a plug-in encoder is rebuilt (for its feature
+    dimension) only with ``trust_code=True`` or ``REPALIGN_TRUST_CODE=1`` (:mod:`repalign.plugins`)."""
+    from repalign.plugins import guard
+
     run_dir = Path(run_dir)
     if fmt not in ("pt", "safetensors"):
         raise UserError(f"--format: must be pt or safetensors, got {fmt!r}")
     cfg, a, meta = _arm_cfg(run_dir, arm)
+    mcfg = with_objects(run_dir, arm, a.model_cfg(cfg["model"]), encoder, "repalign.export_encoder")
+    _check_trust(run_dir, mcfg, trust_code, "repalign export")
     module_state, ep, step = _module_state(run_dir, arm, epoch)
     enc, prefix = encoder_state(module_state)
-    mcfg = a.model_cfg(cfg["model"])
     name = mcfg["encoder"]
     tv = name.split(":", 1)[1] if name.startswith("torchvision:") else (name if name in ("resnet18", "resnet50") else None)
     base = Path(out) if out is not None else run_dir / "export" / (f"{arm}_epoch{ep}" if epoch is not None else arm)
@@ -95,7 +124,8 @@ def export_encoder(run_dir: str | Path, arm: str, epoch: int | None = None, fmt:
             "image_size": meta.get("image_size"), "feature_dim": feat, "prefix": prefix, "torchvision": tv,
             "cifar_stem": bool(mcfg.get("cifar_stem")), "weights": weights.name}
     if desc["channels"] is not None:
-        desc["feature_dim"] = int(_build(mcfg, desc["channels"], desc["image_size"]).feature_dim)
+        with guard(run_dir, trust_code, "repalign export"):
+            desc["feature_dim"] = int(_build(mcfg, desc["channels"], desc["image_size"]).feature_dim)
     base.with_suffix(".json").write_text(json.dumps(desc, indent=1, default=str))
     return weights
 
@@ -107,18 +137,50 @@ def _build(mcfg: Mapping[str, Any], channels: int, image_size: int) -> nn.Module
         return build_encoder(mcfg, channels, image_size)
 
 
-def load_encoder(run_dir: str | Path, arm: str, epoch: int | None = None) -> nn.Module:
+def with_objects(run_dir: Path, arm: str, mcfg: dict[str, Any], encoder: Any, command: str) -> dict[str, Any]:
+    """The arm's model config with an in-memory encoder resolved (issue 20). ``model.encoder`` stored as
+    ``python:<name>`` (an object given to :func:`repalign.train` that has no import reference) lives only
+    in the process that trained: ``encoder`` (the same factory/class, or a reference string) is taken in
+    its place; without it one line names the arm, the key and what to pass. Other encoders are returned
+    unchanged (``encoder`` then overrides only when given)."""
+    from repalign import plugins
+
+    ref = mcfg["encoder"]
+    if encoder is not None:
+        if isinstance(encoder, str):
+            return {**mcfg, "encoder": encoder}
+        if isinstance(ref, str) and ref.startswith("python:"):
+            plugins.IN_PROCESS[ref] = encoder
+            return mcfg
+        return {**mcfg, "encoder": plugins.register_in_process(encoder, "encoder")}
+    if isinstance(ref, str) and ref.startswith("python:") and ref not in plugins.IN_PROCESS:
+        raise UserError(f"arm {arm!r} of {str(run_dir)!r}: model.encoder {ref!r} was an in-memory object of the "
+                        f"process that trained it and has no import reference; pass it again ({command}(..., "
+                        "encoder=<the factory>)) or define it in an importable module or file")
+    return mcfg
+
+
+def load_encoder(run_dir: str | Path, arm: str, epoch: int | None = None, trust_code: bool | None = None,
+                 encoder: Any = None) -> nn.Module:
     """The trained encoder ``f`` of ``arm`` (images ``[N, C, H, W]`` → features ``[N, F]``), in eval mode,
-    from ``last.pt`` (``epoch=None``) or ``epoch_XXXX.pt``."""
+    from ``last.pt`` (``epoch=None``; a fallback to ``last.prev.pt`` is warned about on stderr, naming the
+    step) or ``epoch_XXXX.pt``. Imports none of the run's objectives; a plug-in encoder only with
+    ``trust_code=True`` or ``REPALIGN_TRUST_CODE=1``. ``encoder``: the encoder factory of a run trained
+    with an in-memory object (:func:`with_objects`)."""
+    from repalign.plugins import guard
+
     run_dir = Path(run_dir)
     cfg, a, meta = _arm_cfg(run_dir, arm)
+    mcfg = with_objects(run_dir, arm, a.model_cfg(cfg["model"]), encoder, "repalign.load_encoder")
+    _check_trust(run_dir, mcfg, trust_code, "repalign.load_encoder")
     module_state, _ep, _step = _module_state(run_dir, arm, epoch)
     if "channels" not in meta:
         raise UserError(f"{str(run_dir)!r}: meta.json lacks channels/image_size; cannot rebuild the encoder")
-    enc = _build(a.model_cfg(cfg["model"]), meta["channels"], meta["image_size"])
+    with guard(run_dir, trust_code, "repalign.load_encoder"):
+        enc = _build(mcfg, meta["channels"], meta["image_size"])
     prefix = "net.encoder."
     enc.load_state_dict({k[len(prefix):]: v for k, v in module_state.items() if k.startswith(prefix)})
     return enc.eval()
 
 
-__all__ = ["export_encoder", "load_encoder", "encoder_state", "FORMAT"]
+__all__ = ["export_encoder", "load_encoder", "encoder_state", "fallback_warning", "with_objects", "FORMAT"]

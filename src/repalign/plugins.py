@@ -158,7 +158,8 @@ def untrusted_message(key: str, ref: str, command: str, where: str | Path | None
     """The one-line refusal: ``config key 'arms.nscl.objective' of RUN names plug-in code '…'; …``."""
     of = f" of {str(where)!r}" if where is not None else ""
     return (f"config key {key!r}{of} names plug-in code {ref!r}: {command} would import and run it; pass "
-            f"{TRUST_FLAG} (or set {TRUST_ENV}=1) only if you trust where this run came from")
+            f"{TRUST_FLAG} (trust_code=True in Python, or set {TRUST_ENV}=1) only if you trust where this run "
+            "came from")
 
 
 def require_trust(refs: list[tuple[str, str]], trust_code: bool | None, command: str,
@@ -263,8 +264,10 @@ def check_reference(ref: str, key: str) -> None:
         return
     if target in sys.modules:
         return
-    if _find_top(target.split(".")[0], safe_sys_path()) is None:
-        raise _not_found(target, key, ())
+    g = _current_guard()
+    exclude = g.roots if g is not None else ()
+    if _find_top(target.split(".")[0], safe_sys_path(exclude)) is None:
+        raise _not_found(target, key, exclude)
 
 
 def _load_file(path: Path, key: str) -> Any:

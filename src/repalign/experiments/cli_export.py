@@ -7,7 +7,8 @@ import argparse
 def cmd_export(args: argparse.Namespace) -> int:
     from repalign.export import export_encoder
 
-    path = export_encoder(args.run_dir, args.arm, epoch=args.epoch, fmt=args.format, out=args.out)
+    path = export_encoder(args.run_dir, args.arm, epoch=args.epoch, fmt=args.format, out=args.out,
+                          trust_code=args.trust_code)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -24,4 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["pt", "safetensors"], default="pt",
                    help="pt (torch.save of a state dict) or safetensors (extra safetensors)")
     p.add_argument("--out", default=None, help="output path without suffix (default: RUN_DIR/export/ARM)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the run's plug-in encoder (a file or module reference in config.yaml) to rebuild it; "
+                        "same as REPALIGN_TRUST_CODE=1. Built-in encoders need no consent, and the run's objectives "
+                        "are never imported")
     p.set_defaults(func=cmd_export)

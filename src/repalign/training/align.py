@@ -30,27 +30,72 @@ def model_checkpoints(ckpt_dir: Path, steps_per_epoch: int) -> list[Path]:
     return sorted(paths, key=step_of)
 
 
+def latest_state_warning(ckpt_dir: Path) -> str | None:
+    """The one-line warning when the run's latest state is not ``last.pt`` (corrupt or missing, so
+    ``last.prev.pt`` holds it — the file ``--resume`` and ``export`` would use, and its step), or when
+    neither loads; ``None`` when ``last.pt`` verifies or the run has neither file. The evaluation
+    checkpoints ``align`` reads are separate files and unaffected."""
+    from repalign.training.checkpoint import CheckpointError, load_latest, prev_path
+
+    last = ckpt_dir / "last.pt"
+    if not (last.exists() or prev_path(last).exists()):
+        return None
+    try:
+        state, used, problems = load_latest(last)
+    except CheckpointError as e:
+        return f"repalign: warning: {e}; the run cannot be resumed or exported from its latest state"
+    if not problems:
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return (f"repalign: warning: {problems[0]}; the run's latest state is {used.name} (step {step}), which "
+            "--resume and export use")
+
+
 def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,
               layers: list[str] | None = None, rsa_corr: str | None = None, quality: bool = False,
-              layerwise: bool = False) -> Path:
+              layerwise: bool = False, trust_code: bool | None = None, progress: bool | None = None) -> Path:
     """Recompute alignment rows from every ``checkpoints/epoch_XXXX.pt`` of a run → ``alignment.csv``.
 
     Options override the run's ``eval`` settings (more samples, more layers, Spearman RSA);
     ``quality=True`` also writes ``quality.csv`` (per arm and checkpoint: kNN, linear probe, few-shot,
     CDNV, directional CDNV); ``layerwise=True`` writes, for the last checkpoint and every arm pair,
     the block-by-block linear CKA matrix on the test evaluation set (``layerwise_<a>_<b>.csv`` + ``.png``).
+
+    Rebuilding the run imports its plug-ins (objectives, encoder, source): a run whose config names any
+    is refused with one line unless ``trust_code=True`` (``--trust-code``) or ``REPALIGN_TRUST_CODE=1``;
+    module references never resolve inside the run directory (:mod:`repalign.plugins`). A corrupt
+    ``last.pt`` is warned about on stderr (:func:`latest_state_warning`).
+
+    ``progress``: one bar over the checkpoints on a terminal, else one line per finished checkpoint
+    (``align N/M checkpoints (step S) · elapsed · ETA``, :mod:`repalign.progress`) on stderr; ``None``
+    follows the run's ``logging.progress``.
     """
-    from repalign.config import load_config
-    from repalign.training.checkpoint import load_checkpoint
+    import sys
+
+    from repalign.config import check_references, code_references, load_config
+    from repalign.plugins import guard, require_trust
     from repalign.training.rundir import RunDir
-    from repalign.training.trainer import CoupledTrainer
 
     run = RunDir(run_dir, write=False)
     overrides = [f"eval.max_train={max_train}"] if max_train else []
     overrides += [f"eval.max_test={max_test}"] if max_test else []
     overrides += [f"eval.layers=[{','.join(layers)}]"] if layers else []
     overrides += [f"eval.rsa_corr={rsa_corr}"] if rsa_corr else []
-    cfg = load_config(run.path / "config.yaml", overrides)
+    cfg = load_config(run.path / "config.yaml", overrides, check_files=False)
+    require_trust(code_references(cfg), trust_code, "repalign align", run.path)
+    msg = latest_state_warning(run.ckpt_dir)
+    if msg:
+        print(msg, file=sys.stderr)
+    with guard(run.path, trust_code, "repalign align"):
+        check_references(cfg)
+        return _align(run, cfg, quality, layerwise,
+                      bool(cfg["logging"]["progress"]) if progress is None else bool(progress))
+
+
+def _align(run: Any, cfg: dict[str, Any], quality: bool, layerwise: bool, progress: bool = True) -> Path:
+    from repalign.training.checkpoint import load_checkpoint
+    from repalign.training.trainer import CoupledTrainer
+
     trainer = CoupledTrainer(cfg, None, evaluator=None)
     ckpts = model_checkpoints(run.ckpt_dir, trainer.steps_per_epoch)
     if not ckpts:
@@ -65,6 +110,9 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
     out = run.path / "alignment.csv"
     quality_rows: list[dict[str, Any]] = []
     align_rows: list[dict[str, Any]] = []
+    from repalign.progress import Progress
+
+    bar = Progress("align", len(ckpts), unit="checkpoints", enabled=progress)
     for path in ckpts:
         state = load_checkpoint(path)
         for s in trainer.arm_states:
@@ -73,6 +121,8 @@ def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int |
         for row in alignment_rows(nets, init_of, trainer.pairs, loaders, cfg, state["epoch"], state["step"],
                                   trainer.device, quality=quality, arms=arms, baseline=baseline):
             (quality_rows if row["kind"] == "eval" else align_rows).append(row)
+        bar.done(f"step {state['step']}")
+    bar.close()
     align_rows = [r for r in align_rows if r["kind"] != "event"]
     # written under a temp name and renamed: a failure leaves the previous file (or none)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

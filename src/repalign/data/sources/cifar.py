@@ -1,5 +1,9 @@
 """CIFAR-10 / CIFAR-100 in torchvision's python-pickle layout (``cifar-10-batches-py``,
-``cifar-100-python``, fine labels)."""
+``cifar-100-python``, fine labels).
+
+The batches are pickles; they are read with a restricted unpickler (:class:`_BatchUnpickler`: numpy
+arrays, bytes, str, int, list, dict), never ``pickle.load``, so a crafted batch in a ``data.root`` is
+refused with one line instead of run."""
 from __future__ import annotations
 
 import pickle
@@ -24,9 +28,67 @@ _CIFAR = {
 }
 
 
+def _latin1_encode(obj: object, encoding: str = "utf-8", *rest: object) -> bytes:
+    """``_codecs.encode`` as Python 3's protocol-2 pickles use it for ``bytes`` — latin-1 only."""
+    import codecs
+
+    if not isinstance(obj, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1") or rest:
+        raise pickle.UnpicklingError(f"_codecs.encode({type(obj).__name__}, {encoding!r}) is not a bytes literal")
+    return codecs.encode(obj, "latin1")
+
+
+def _plain_dtype(*args: object) -> np.dtype:
+    dt = np.dtype(*args)  # type: ignore[call-overload]
+    if dt.hasobject:  # an object array would unpickle arbitrary elements
+        raise pickle.UnpicklingError(f"numpy dtype {dt} holds Python objects")
+    return dt
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype,
+                                          ("_codecs", "encode"): _latin1_encode}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(mod, "_reconstruct")] = _reconstruct
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        out[(mod, "_frombuffer")] = _frombuffer
+    return out
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: numpy arrays (of plain dtypes), bytes, str, int, float,
+    list, tuple and dict. Any other global — ``os.system``, ``builtins.eval``, a class — is refused
+    before it is looked up, so a crafted file runs nothing (issue 17)."""
+
+    def __init__(self, f: object) -> None:
+        super().__init__(f, encoding="latin1")  # type: ignore[arg-type]
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        fn = self._allowed.get((module, name))
+        if fn is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        return fn
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    """A CIFAR batch or meta file as a dict with ``str`` keys, read by :class:`_BatchUnpickler`; a file
+    that is not one (crafted, truncated) is a one-line :class:`~repalign.errors.DataError` naming it."""
+    from repalign.errors import DataError
+
+    try:
+        with open(path, "rb") as f:
+            d = _BatchUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, MemoryError) as e:
+        raise DataError(f"config key 'data.source': {str(path)!r} is not a CIFAR batch file — refused, nothing in "
+                        f"it was run ({' '.join(str(e).split()) or type(e).__name__}; a CIFAR batch holds only numpy "
+                        "arrays, bytes, str, int, list and dict); replace it with the original file") from None
+    if not isinstance(d, dict):
+        raise DataError(f"config key 'data.source': {str(path)!r} is not a CIFAR batch file (it holds a "
+                        f"{type(d).__name__}, not a dict)")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
