@@ -56,3 +56,14 @@ def test_align_and_sweep_print_n_of_m(tmp_path, capsys):
     done = [ln for ln in logged if ln.strip().startswith("done point")]
     assert [NM.search(ln).groups() for ln in done] == [("1", "2"), ("2", "2")], logged
     assert "ETA" in done[0] and "elapsed" in done[1]
+
+
+def test_train_non_tty_prints_one_line_per_epoch(tmp_path, capsys):
+    from repalign.config import load_config
+    from repalign.training import train
+
+    cfg = load_config(None, tiny_overrides(**{"train.epochs": 2, "logging.progress": True}))
+    train(cfg, tmp_path / "run")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train epoch")]
+    assert [NM.search(ln).groups() for ln in lines] == [("1", "2"), ("2", "2")], lines
+    assert "ETA" in lines[0] and "ETA" not in lines[1] and "\r" not in "".join(lines)

@@ -245,6 +245,32 @@ class _ArmSnapshot:
                 torch._foreach_copy_(live, saved)
 
 
+class _EpochLines:
+    """The non-TTY stand-in of the train bar (``update``/``set_postfix``/``close``): one line per finished
+    epoch, the ETA from the steps done in this process."""
+
+    def __init__(self, total: int, initial: int, steps_per_epoch: int) -> None:
+        self.total, self.step, self.spe = int(total), int(initial), max(1, int(steps_per_epoch))
+        self.start, self._t0, self.post = int(initial), time.perf_counter(), ""
+
+    def update(self, n: int = 1) -> None:
+        from repalign.progress import fmt_seconds
+
+        self.step += n
+        if self.step % self.spe == 0 or self.step == self.total:
+            el = time.perf_counter() - self._t0
+            done = self.step - self.start
+            eta = f" · ETA {fmt_seconds(el / done * (self.total - self.step))}" if 0 < done and self.step < self.total else ""
+            print(f"train epoch {-(-self.step // self.spe)}/{-(-self.total // self.spe)} · step {self.step}/{self.total}"
+                  f"{' · ' + self.post if self.post else ''} · {fmt_seconds(el)} elapsed{eta}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, d: Mapping[str, Any]) -> None:
+        self.post = " ".join(f"{k} {v}" for k, v in d.items())
+
+    def close(self) -> None:
+        pass
+
+
 class CoupledTrainer:
     """Train all arms of a resolved config in lockstep; write the run directory.
 
@@ -909,8 +935,12 @@ class CoupledTrainer:
             self._loggers.log(row)
 
     def _progress(self):
+        """A tqdm bar on a terminal; elsewhere (logs, pipes) one line per finished epoch
+        (``train epoch E/N · step s/S · elapsed · ETA``, :mod:`repalign.progress`)."""
         if not (self.is_main and self.cfg["logging"]["progress"]):
             return None
+        if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+            return _EpochLines(self.total_steps, self.step, self.steps_per_epoch)
         from tqdm import tqdm
         return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                     file=sys.stderr)
