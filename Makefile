@@ -8,7 +8,7 @@ STAMP := $(VENV)/.repalign-installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_ARGS ?=
 
-.PHONY: demo test data install bench gpu-check clean help
+.PHONY: demo test data install bench gpu-check docs clean help
 
 help:
 	@echo "make demo   - coupled CL/NSCL/SCL/CE run with chaos- and noise-floor controls on the procedural strokes data (100 classes; a few minutes on 2 CPU cores) + report"
@@ -57,5 +57,9 @@ GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
+# API reference + guides into site/ (mkdocs.yml); --strict: a broken reference or link fails the build
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -q
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site build dist
