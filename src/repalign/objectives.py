@@ -98,6 +98,19 @@ register_objective(Objective("scl", _kernel_loss("supcon"), kernel="supcon", des
 register_objective(Objective("ce", _ce, needs_head=True, description="cross-entropy on a linear head"))
 
 
+def _nscl_alpha(z: Any, labels: Any, temperature: float, alpha: Any = None, **_: Any) -> Any:
+    from repalign.losses.functional import nscl_alpha_loss
+
+    if alpha is None:
+        raise ConfigError("objective 'nscl_alpha': loss.options.alpha is required (a number in [0, 1])")
+    return nscl_alpha_loss(z, labels, temperature, alpha)
+
+
+register_objective(Objective("nscl_alpha", _nscl_alpha,
+                             description="α-family: same-class negatives weighted 1 − α (α=0: cl, α=1: nscl); "
+                                         "loss.options.alpha"))
+
+
 def kernels() -> dict[str, str]:
     """Built-in names and aliases → loss kernel of :mod:`repalign.losses.functional` (e.g. ``"cl" → "dcl"``)."""
     return {n: o.kernel for n, o in REGISTRY.items() if o.kernel}

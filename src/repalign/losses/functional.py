@@ -58,6 +58,8 @@ __all__ = [
     "supcon_loss",
     "ce_loss",
     "loss_gap_bound",
+    "nscl_alpha_loss",
+    "loss_gap_bound_alpha",
 ]
 
 #: accepted objective names → canonical name
@@ -364,6 +366,82 @@ def nscl_loss(
     then defined as 0 (zero gradient, graph-connected); see the module docstring.
     """
     return contrastive_loss("nscl", z, labels, temperature, include_positive=include_positive)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be a real number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def nscl_alpha_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+    r"""The α-family between DCL (α = 0) and NSCL (α = 1): same-class negatives weighted 1 − α.
+
+    ``z [K, B, d]``, ``labels [B]``, τ > 0, α ∈ [0, 1] → scalar. Per anchor ``a = (i, l1)``:
+
+    .. math::
+        \ell_a = \log\Big(\sum_{j\ne i,\,y_j\ne y_i}\sum_{l_3} e^{s(a, z_j^{l_3})}
+        + (1-\alpha)\sum_{j\ne i,\,y_j=y_i}\sum_{l_3} e^{s(a, z_j^{l_3})}\Big)
+        - \operatorname{mean}_{l_2\ne l_1} s(a, z_i^{l_2})
+
+    averaged over the K·B anchors (the normalisation of :func:`dcl_loss`). The weight enters as
+    ``log(1 − α)`` in a log-sum-exp over the DCL candidates (``-inf`` at α = 1, where the
+    denominator is NSCL's). At α = 1 a single-class batch has empty denominators and the loss is 0
+    (graph-connected), as for :func:`nscl_loss`. No ``include_positive`` variant.
+    """
+    tau = _check_temperature(temperature)
+    a = _check_alpha(alpha)
+    K, B, d = _check_z(z)
+    labels = _check_labels(labels, B, z.device, required=True)
+    if B < 2:
+        raise ValueError(f"nscl_alpha needs B >= 2 samples (its denominator excludes the anchor's sample), got B={B}")
+    dev = z.device
+    zn = F.normalize(z.to(_compute_dtype(z)), dim=-1)  # [K, B, d]
+    zf = zn.reshape(K * B, d)
+    za = zf / tau
+    sim4 = (za @ zf.T).view(K, B, K, B)  # [l1, i, l3, j]
+    i = torch.arange(B, device=dev)
+    same = labels[:, None] == labels[None, :]  # [B, B]
+    other_sample = i[:, None] != i[None, :]
+    logw = torch.zeros(B, B, dtype=sim4.dtype, device=dev)
+    logw = logw.masked_fill(same & other_sample, math.log1p(-a) if a < 1.0 else float("-inf"))
+    logw = logw.masked_fill(~other_sample, float("-inf"))
+    nonempty = torch.isfinite(logw).any(dim=1)  # [B]; False only at α = 1 on a single-class batch
+    logw = torch.where(nonempty[:, None], logw, torch.zeros_like(logw))  # finite dummy, discarded below
+    lse = torch.logsumexp((sim4 + logw[None, :, None, :]).reshape(K * B, K * B), dim=1).view(K, B)
+    views = torch.arange(K, device=dev)
+    pos = sim4[:, i, :, i]  # [B, l1, l3] = s((i,l1), (i,l3))
+    offdiag = (views[:, None] != views[None, :]).to(sim4.dtype)
+    s_pos = (pos * offdiag).sum(dim=2) / max(K - 1, 1)  # [B, K]; K >= 2 by _check_z
+    per = torch.where(nonempty[None, :], lse - s_pos.T, torch.zeros_like(lse))
+    n_valid = K * B if bool(nonempty.all()) else 0
+    return per.sum() / max(n_valid, 1)
+
+
+def loss_gap_bound_alpha(labels: torch.Tensor, temperature: float, alpha: float) -> float:
+    r"""Upper bound on DCL − :func:`nscl_alpha_loss` for a batch; equals :func:`loss_gap_bound` at α = 1.
+
+    Per anchor, with ``S_o`` (``S_s``) the DCL denominator's other-class (same-class) part,
+    the gap is ``log((S_o + S_s)/(S_o + (1−α)S_s)) = log((1 + r)/(1 + (1−α) r))``, ``r = S_s/S_o``,
+    which is ≥ 0 and increasing in r. Cosines in [−1, 1] give ``r ≤ R = e^{2/τ} n_max/(N − n_max)``, so
+
+    .. math:: 0 \le L_{DCL} - L_\alpha \le \log(1 + R) - \log(1 + (1-\alpha) R)
+
+    (tighter than ``log(1 + αR)``). Single-class batch: ``R = ∞`` and the bound is ``−log(1 − α)``
+    (``+inf`` at α = 1). Evaluated in float64 log-space.
+    """
+    a = _check_alpha(alpha)
+    b1 = loss_gap_bound(labels, temperature)  # log(1 + R)
+    if a == 0.0:
+        return 0.0
+    if math.isinf(b1):
+        return -math.log1p(-a) if a < 1.0 else math.inf
+    if a == 1.0:
+        return b1
+    log_r = b1 + math.log(-math.expm1(-b1))  # log R = log(e^{b1} − 1)
+    x = math.log1p(-a) + log_r
+    b2 = max(x, 0.0) + math.log1p(math.exp(-abs(x)))  # log(1 + (1−α)R)
+    return max(b1 - b2, 0.0)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
