@@ -118,3 +118,19 @@ def test_nscl_alpha_registered_objective_uses_options():
     fn0 = make_loss(obj, {"loss.temperature": 0.5, "loss.include_positive": False, "loss.options": {}})
     with pytest.raises(Exception, match="loss.options.alpha is required"):
         fn0(z, y)
+
+
+def test_control_streams_derive_from_the_run_seed():
+    """Issue 18 item 7: cl_data's stream (and cl_seed's init) differ between run seeds and from the shared stream."""
+    from conftest import tiny_overrides
+    from repalign.config import load_config
+    from repalign.training import CoupledTrainer
+
+    arms = "arms={cl: {objective: cl}, cl_data: {same_as: cl, data_seed: 1002}}"
+    seeds = {}
+    for run_seed in (0, 1):
+        tr = CoupledTrainer(load_config(None, tiny_overrides() + [arms, f"seed={run_seed}"]), None)
+        seeds[run_seed] = sorted(v["seed"] for v in tr.streams.values())
+        assert len(seeds[run_seed]) == 2 and run_seed in seeds[run_seed]
+    control = [set(seeds[r]) - {r} for r in (0, 1)]
+    assert control[0] != control[1]

@@ -326,7 +326,8 @@ class CoupledTrainer:
         for a in self.arms_cfg:
             key = self._stream_key(a)
             if key not in self.streams:
-                dseed = self.seed if a.data_seed is None else derive_seed(a.data_seed, "data")
+                # issue 18: a control stream is derived from the run seed too, so its batch order differs per seed
+                dseed = self.seed if a.data_seed is None else derive_seed(self.seed, "data", a.data_seed)
                 self.streams[key] = {
                     "seed": dseed,
                     "sampler": SeededBatchSampler(self.train_source.labels, self.batch_size, seed=dseed,
@@ -387,7 +388,7 @@ class CoupledTrainer:
             shared: list[str]
             unshared: list[str] = []
             if a.init_seed is not None:
-                with seeded_init(derive_seed(a.init_seed, "init")):
+                with seeded_init(derive_seed(self.seed, "init", a.init_seed)):  # per run seed (issue 18)
                     net = build_model(mcfg, self.channels, self.image_size)
                 shared = []
                 unshared = [k for k in net.state_dict()]
