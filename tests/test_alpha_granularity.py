@@ -134,3 +134,17 @@ def test_control_streams_derive_from_the_run_seed():
         assert len(seeds[run_seed]) == 2 and run_seed in seeds[run_seed]
     control = [set(seeds[r]) - {r} for r in (0, 1)]
     assert control[0] != control[1]
+
+
+def test_nscl_alpha_arm_trains_in_a_coupled_run(tmp_path):
+    from conftest import tiny_overrides
+    from repalign.config import load_config
+    from repalign.training import CoupledTrainer
+
+    cfg = load_config(None, tiny_overrides(**{"eval.every": "null"})
+                      + ["arms={cl: {objective: cl}, a: {objective: nscl_alpha, loss.options: {alpha: 0.5}}}"])
+    tr = CoupledTrainer(cfg, tmp_path / "run")
+    tr.fit()
+    assert tr.step > 0
+    for s in tr.arm_states:
+        assert all(bool(torch.isfinite(p).all()) for p in s.module.parameters())
