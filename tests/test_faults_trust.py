@@ -325,3 +325,18 @@ def test_corrupt_last_pt_is_warned_by_export_load_encoder_and_align(received, ca
     # an intact last.pt: no warning
     (ck / "last.pt").write_bytes(data)
     assert main(["export", str(received), "--arm", "cl"]) == 0 and not capsys.readouterr().err.strip()
+
+
+def test_sweep_of_own_spec_still_checks_plugins_before_any_point_runs(tmp_path):
+    """Validation imports nothing, but a sweep trains the user's own spec: its plug-ins are imported and
+    probed for every point before the first one runs (as when validation used to import them)."""
+    from repalign.config import ConfigError
+    from repalign.experiments import sweep as sw
+
+    (tmp_path / "bad.py").write_text("def two(z, labels):\n    return z.sum()\n")
+    spec = sw.load_spec({"base": "demo", "out": str(tmp_path / "out"), "grid": {"seed": [0, 1]},
+                         "overrides": tiny_overrides(**FAST) + [f"arms={{cl: {{objective: cl}}, u: {{objective: "
+                                                                f"'{tmp_path}/bad.py:two'}}}}"]})
+    with pytest.raises(ConfigError, match=r"sweep point 'seed=0'.*'arms\.u\.objective'.*must take \(z, labels"):
+        sw.run_sweep(spec, log=lambda s: None)
+    assert not (tmp_path / "out" / "points").exists()

@@ -175,6 +175,16 @@ def get_objective(name: Any, key: str = "objective") -> Objective:
                       f"'package.module:name' / 'path/to/file.py:name', got {name!r}")
 
 
+def check_objectives(cfg: Mapping[str, Any]) -> None:
+    """Import and probe every arm's objective of a resolved config (:func:`get_objective`), as the trainer
+    will: for callers that train a config the user wrote (a sweep validates all its points before any
+    runs). Never called on a run directory's config by commands that only read results."""
+    from repalign.config import resolve_arms  # at call time: this module imports no config (issue 17)
+
+    for a in resolve_arms(cfg):
+        get_objective(a.objective, f"arms.{a.name}.objective")
+
+
 def make_loss(obj: Objective, settings: Mapping[str, Any]) -> Callable[[Any, Any], Any]:
     """The arm's loss as ``fn(z_or_logits, labels) → scalar``: built-in kernels as
     :class:`~repalign.losses.ContrastiveLoss` (cross-rank gather), others as a closure over the arm's
@@ -189,4 +199,5 @@ def make_loss(obj: Objective, settings: Mapping[str, Any]) -> Callable[[Any, Any
     return lambda x, labels: fn(x, labels, tau, **options)
 
 
-__all__ = ["Objective", "REGISTRY", "register_objective", "objective_names", "get_objective", "make_loss", "kernels"]
+__all__ = ["Objective", "REGISTRY", "register_objective", "objective_names", "get_objective", "check_objectives",
+           "make_loss", "kernels"]

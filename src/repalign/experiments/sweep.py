@@ -399,7 +399,10 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
         if not dry_run:
             try:
                 check_data_root(cfg)
-            except UserError as e:
+                from repalign.objectives import check_objectives
+
+                check_objectives(cfg)  # the user's own spec: its plug-ins are imported and probed up front
+            except (UserError, ConfigError) as e:
                 raise ConfigError(f"sweep point {p.slug!r}: {e}") from None
         cfgs[p.slug] = cfg
     stale = stale_points(out, points, cfgs)
