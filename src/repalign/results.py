@@ -40,11 +40,35 @@ K = TypeVar("K", bound=Hashable)
 # ----------------------------------------------------------------------------------------------
 def read_rows(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Rows of ``RUN_DIR/metrics.jsonl`` in file order (only ``kind`` rows when given); ``[]`` when the
-    file does not exist."""
+    file does not exist.
+
+    Row identity: a row repeated exactly (same kind, step, arm/pair, split, layer, metric and value —
+    a metrics.jsonl appended to itself by a bad merge or restore) is read once, and one warning names
+    the run and the first duplicated row, so a duplicate never counts as a second seed or sample."""
+    import warnings
+
     from repalign.training.rundir import read_metrics
 
     p = Path(run_dir) / "metrics.jsonl"
-    return list(read_metrics(p, kind)) if p.exists() else []
+    if not p.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    first_dup: dict[str, Any] | None = None
+    n_dup = 0
+    for r in read_metrics(p, kind):
+        key = json.dumps(r, sort_keys=True, default=str)
+        if key in seen:
+            n_dup += 1
+            first_dup = first_dup or r
+            continue
+        seen.add(key)
+        rows.append(r)
+    if first_dup is not None:
+        ident = {k: first_dup[k] for k in ("kind", "step", "arm", "pair", "split", "layer", "metric")
+                 if k in first_dup}
+        warnings.warn(f"{p}: {n_dup} exact duplicate row(s) dropped (first: {ident})", stacklevel=2)
+    return rows
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -54,7 +78,15 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         return {}
     import yaml
 
-    return yaml.safe_load(p.read_text()) or {}
+    from repalign.errors import ConfigError
+
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid YAML ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: not a mapping (a {type(cfg).__name__})")
+    return cfg
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
