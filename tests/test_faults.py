@@ -254,7 +254,8 @@ def test_flipped_epoch_file_align_fails_and_keeps_previous_csv(tmp_path, capsys)
     w = next(v for k, v in state["arms"]["cl"].items() if v.numel() > 100)
     _flip_inside(ep, w.numpy().tobytes()[:256])
     capsys.readouterr()
-    assert main(["align", str(run)]) == 2
+    # --quiet: align's per-checkpoint progress lines (issue 20) also go to stderr; the error itself is one line
+    assert main(["align", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "epoch_0002.pt" in err and "corrupt" in err
     assert (run / "alignment.csv").read_bytes() == before  # the previous version, not a partial one
