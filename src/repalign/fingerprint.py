@@ -112,37 +112,22 @@ def _flat_dicts(key: str, v: Any, out: dict[str, Any]) -> None:
 
 
 def _arm_entries(cfg_flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Canonical per-arm entries (the arm resolution of :mod:`repalign.config`, without importing the
+    """Canonical per-arm entries from :func:`repalign.config.resolve_arms` (names only, imports no
     objective): objective, control keys, and the per-arm settings whose value differs from the run's."""
-    from repalign.config import ARM_KEYS, REFUSED_ALIASES, ConfigError, _flatten_arm, check_value
+    from repalign.config import resolve_arms, unflatten
 
     out: dict[str, Any] = {"arms#order": [str(n) for n in arms_raw]}
-    for name, spec in arms_raw.items():
-        if not isinstance(spec, Mapping):
-            out[f"arms.{name}"] = spec
-            continue
-        spec = dict(spec)
-        same_as = spec.pop("same_as", None)
-        if same_as is not None and isinstance(arms_raw.get(same_as), Mapping):
-            base = {k: v for k, v in arms_raw[same_as].items()
-                    if k not in ("init_seed", "data_seed", "same_as", "init_perturb")}
-            spec = {**base, **spec}
-            out[f"arms.{name}.same_as"] = same_as
-        out[f"arms.{name}.objective"] = spec.pop("objective", None)
+    for arm in resolve_arms({**unflatten(cfg_flat), "arms": arms_raw}):
+        if arm.same_as is not None:
+            out[f"arms.{arm.name}.same_as"] = arm.same_as
+        out[f"arms.{arm.name}.objective"] = arm.objective
         for k in ("init_seed", "data_seed", "init_perturb"):
-            if k in spec:
-                v = spec.pop(k)
-                out[f"arms.{name}.{k}"] = float(v) if k == "init_perturb" and isinstance(v, (int, float)) \
-                    and not isinstance(v, bool) else v
-        for k, v in _flatten_arm(spec).items():
-            dotted = ARM_KEYS.get(k, REFUSED_ALIASES.get(k, k))
-            try:
-                v = check_value(dotted, v)
-            except ConfigError:
-                pass
+            if getattr(arm, k) is not None:
+                out[f"arms.{arm.name}.{k}"] = getattr(arm, k)
+        for dotted, v in arm.overrides.items():
             if dotted in cfg_flat and _canon(cfg_flat[dotted]) == _canon(v):
                 continue  # the run-level value: the same arm as without the override
-            _flat_dicts(f"arms.{name}.{dotted}", v, out)
+            _flat_dicts(f"arms.{arm.name}.{dotted}", v, out)
     return out
 
 
