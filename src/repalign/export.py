@@ -49,18 +49,10 @@ def _check_trust(run_dir: Path, mcfg: Mapping[str, Any], trust_code: bool | None
     require_trust([("model.encoder", mcfg["encoder"])], trust_code, command, run_dir)
 
 
-def fallback_warning(problems: list[str], used: Path, step: Any) -> str | None:
-    """The one-line warning when :func:`~repalign.training.checkpoint.load_latest` fell back to another
-    file than the one asked for: the rejected file's error, the file used and its step."""
-    if not problems:
-        return None
-    return f"repalign: warning: {problems[0]}; using {used.name} (step {step}) instead"
-
-
 def _module_state(run_dir: Path, arm: str, epoch: int | None) -> tuple[Mapping[str, torch.Tensor], Any, int]:
     import sys
 
-    from repalign.training.checkpoint import load_checkpoint, load_latest
+    from repalign.training.checkpoint import fallback_warning, load_checkpoint, load_latest
 
     ck = run_dir / "checkpoints"
     if epoch is None:
@@ -183,4 +175,4 @@ def load_encoder(run_dir: str | Path, arm: str, epoch: int | None = None, trust_
     return enc.eval()
 
 
-__all__ = ["export_encoder", "load_encoder", "encoder_state", "fallback_warning", "with_objects", "FORMAT"]
+__all__ = ["export_encoder", "load_encoder", "encoder_state", "with_objects", "FORMAT"]

@@ -44,11 +44,9 @@ def latest_state_warning(ckpt_dir: Path) -> str | None:
         state, used, problems = load_latest(last)
     except CheckpointError as e:
         return f"repalign: warning: {e}; the run cannot be resumed or exported from its latest state"
-    if not problems:
-        return None
-    step = state.get("step") if isinstance(state, dict) else None
-    return (f"repalign: warning: {problems[0]}; the run's latest state is {used.name} (step {step}), which "
-            "--resume and export use")
+    from repalign.training.checkpoint import fallback_warning
+
+    return fallback_warning(problems, used, state.get("step") if isinstance(state, dict) else None)
 
 
 def align_run(run_dir: str | Path, max_train: int | None = None, max_test: int | None = None,

@@ -241,3 +241,11 @@ def remove_orphan_temps(folder: str | Path) -> list[Path]:
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone
+
+
+def fallback_warning(problems: list[str], used: Path, step: Any) -> str | None:
+    """The one-line warning when :func:`~repalign.training.checkpoint.load_latest` fell back to another
+    file than the one asked for: the rejected file's error, the file used and its step."""
+    if not problems:
+        return None
+    return f"repalign: warning: {problems[0]}; using {used.name} (step {step}) instead"

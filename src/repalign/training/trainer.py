@@ -515,8 +515,11 @@ class CoupledTrainer:
         check_resume(self.run.path, self.cfg)
         # loaded on the CPU (verified there); load_state_dict copies to the device
         state, used, problems = load_latest(self.run.ckpt_dir / "last.pt", map_location="cpu")
-        for p in problems:
-            print(f"repalign: warning: {p}; using {used.name}", file=sys.stderr)
+        from repalign.training.checkpoint import fallback_warning
+
+        msg = fallback_warning(problems, used, state.get("step"))
+        if msg:
+            print(msg, file=sys.stderr)
         self.load_state_dict(state)
         self._saved_step = self.step
         self.run.truncate_metrics_after(self.step)
