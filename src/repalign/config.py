@@ -365,6 +365,9 @@ class Arm:
     ``None`` when the arm shares the run's initial weights / data stream. ``init_perturb``
     (``None`` or ε ≥ 0): the arm starts from the shared initial weights plus seeded Gaussian noise
     of relative size ε per tensor — the *chaos-floor* control. ``same_as``: the arm it repeats.
+    ``label_groups`` (K, 2 ≤ K ≤ C) / ``label_map`` (a JSON/YAML file holding a list of length C): the
+    arm's objective sees the C labels mapped to K superclasses (:mod:`repalign.data.label_groups`);
+    CL never sees labels, so this changes that arm's objective alone (issue 18).
     """
 
     name: str
@@ -375,6 +378,8 @@ class Arm:
     data_seed: int | None = None
     init_perturb: float | None = None
     same_as: str | None = None
+    label_groups: int | None = None
+    label_map: str | None = None
 
     @property
     def control(self) -> str | None:
@@ -401,7 +406,8 @@ class Arm:
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "settings": self.settings, "overrides": self.overrides,
                 "init_seed": self.init_seed, "data_seed": self.data_seed, "init_perturb": self.init_perturb,
-                "same_as": self.same_as, "control": self.control}
+                "same_as": self.same_as, "control": self.control, "label_groups": self.label_groups,
+                "label_map": self.label_map}
 
 
 def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> Arm:
@@ -452,6 +458,7 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
             raise ConfigError(f"config key '{where}.init_perturb': perturbs the shared initialisation, "
                               "so it cannot be combined with init_seed")
         perturb = float(v)
+    groups, label_map = _label_grouping(where, spec, flat)
     settings = {k: flat[k] for k in ARM_SECTIONS_ALLOWED}
     overrides: dict[str, Any] = {}
     for k, v in _flatten_arm(spec).items():
@@ -460,14 +467,38 @@ def _resolve_arm(name: str, spec: Any, flat: Mapping[str, Any], arms_raw: Mappin
         if why:
             raise ConfigError(f"config key '{where}.{k}': cannot differ between arms because {why}; use a separate run or a sweep")
         if dotted not in ARM_SECTIONS_ALLOWED:
-            raise ConfigError(f"config key '{where}.{k}': not a per-arm setting{_suggest(k, list(ARM_KEYS))}; "
-                              f"arms may set objective, {', '.join(ARM_CONTROL_KEYS)}, {', '.join(ARM_KEYS)}")
+            raise ConfigError(f"config key '{where}.{k}': not a per-arm setting"
+                              f"{_suggest(k, [*ARM_KEYS, 'label_groups', 'label_map'])}; arms may set objective, "
+                              f"{', '.join(ARM_CONTROL_KEYS)}, label_groups, label_map, {', '.join(ARM_KEYS)}")
         try:
             settings[dotted] = check_value(dotted, v)
         except ConfigError as e:  # name the arm's key, not the run-level key it maps to
             raise ConfigError(str(e).replace(f"config key {dotted!r}", f"config key '{where}.{k}'", 1)) from None
         overrides[dotted] = settings[dotted]
-    return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"], perturb, same_as)
+    return Arm(name, objective, settings, overrides, seeds["init_seed"], seeds["data_seed"], perturb, same_as,
+               groups, label_map)
+
+
+def _label_grouping(where: str, spec: dict[str, Any], flat: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """Pop and check an arm's ``label_groups`` (an integer K >= 2, at most ``data.num_classes`` when that is
+    set; the trainer checks K <= C again once the data are loaded) and ``label_map`` (a file name; read and
+    checked by the trainer, hashed by the fingerprint). At most one of the two."""
+    groups = spec.pop("label_groups", None)
+    label_map = spec.pop("label_map", None)
+    if groups is not None:
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 2:
+            raise ConfigError(f"config key '{where}.label_groups': must be an integer K >= 2 (the number of "
+                              f"superclasses the arm's objective sees), got {groups!r}")
+        c = flat.get("data.num_classes")
+        if isinstance(c, int) and not isinstance(c, bool) and groups > c:
+            raise ConfigError(f"config key '{where}.label_groups': K = {groups} exceeds data.num_classes = {c}")
+    if label_map is not None:
+        if not isinstance(label_map, str) or not label_map.strip():
+            raise ConfigError(f"config key '{where}.label_map': must be a file name (a JSON/YAML list of length C), "
+                              f"got {label_map!r}")
+        if groups is not None:
+            raise ConfigError(f"config key '{where}': give label_groups or label_map, not both")
+    return groups, label_map
 
 
 def _flatten_arm(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -121,9 +121,12 @@ def _arm_entries(cfg_flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> di
         if arm.same_as is not None:
             out[f"arms.{arm.name}.same_as"] = arm.same_as
         out[f"arms.{arm.name}.objective"] = arm.objective
-        for k in ("init_seed", "data_seed", "init_perturb"):
+        for k in ("init_seed", "data_seed", "init_perturb", "label_groups", "label_map"):
             if getattr(arm, k) is not None:
                 out[f"arms.{arm.name}.{k}"] = getattr(arm, k)
+        if arm.label_map is not None:  # the file's content, not only its name (issue 18)
+            h = file_sha256(arm.label_map)
+            out[f"arms.{arm.name}.label_map#sha256"] = f"sha256:{h}" if h else "(file missing)"
         for dotted, v in arm.overrides.items():
             if dotted in cfg_flat and _canon(cfg_flat[dotted]) == _canon(v):
                 continue  # the run-level value: the same arm as without the override

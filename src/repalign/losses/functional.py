@@ -55,6 +55,7 @@ __all__ = [
     "ntxent_loss",
     "dcl_loss",
     "nscl_loss",
+    "loss_gap_bound_alpha_from_counts",
     "supcon_loss",
     "ce_loss",
     "loss_gap_bound",
@@ -430,8 +431,17 @@ def loss_gap_bound_alpha(labels: torch.Tensor, temperature: float, alpha: float)
     (tighter than ``log(1 + αR)``). Single-class batch: ``R = ∞`` and the bound is ``−log(1 − α)``
     (``+inf`` at α = 1). Evaluated in float64 log-space.
     """
+    return _alpha_bound(loss_gap_bound(labels, temperature), alpha)
+
+
+def loss_gap_bound_alpha_from_counts(n: int, n_max: int, temperature: float, alpha: float) -> float:
+    """:func:`loss_gap_bound_alpha` from the batch size ``n`` and its largest class count ``n_max``."""
+    return _alpha_bound(loss_gap_bound_from_counts(n, n_max, temperature), alpha)
+
+
+def _alpha_bound(b1: float, alpha: float) -> float:
+    """``log(1 + R) − log(1 + (1−α) R)`` from ``b1 = log(1 + R)`` (float64 log-space)."""
     a = _check_alpha(alpha)
-    b1 = loss_gap_bound(labels, temperature)  # log(1 + R)
     if a == 0.0:
         return 0.0
     if math.isinf(b1):

@@ -26,8 +26,11 @@ from repalign.errors import DataError
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.data.batched_views import BatchedViews
+from repalign.data.label_groups import arm_label_lookup
 from repalign.losses import dcl_loss, nscl_loss
-from repalign.losses.functional import loss_gap_bound_from_counts
+from repalign.losses.functional import (
+    loss_gap_bound_alpha_from_counts, loss_gap_bound_from_counts, nscl_alpha_loss,
+)
 from repalign.losses.functional import unchecked_inputs
 from repalign.models import ContrastiveNet, LinearHead, build_model, perturb_weights, seeded_init
 from repalign.objectives import get_objective, make_loss
@@ -80,6 +83,7 @@ class ArmState:
     compiled: nn.Module | None = None  # torch.compile of (wrapped or module) when train.compile
     shared_params: list[str] = field(default_factory=list)
     unshared_params: list[str] = field(default_factory=list)
+    label_lut: torch.Tensor | None = None  # [C] int64 on the device: the labels the objective sees (label_groups)
 
     @property
     def name(self) -> str:
@@ -410,9 +414,13 @@ class CoupledTrainer:
                 unshared = unshared + sorted(perturbed)
             head = None
             obj = get_objective(a.objective, f"arms.{a.name}.objective")
+            lut = arm_label_lookup(a, self.num_classes, self.seed)
+            if (a.label_groups is not None or a.label_map is not None) and not obj.needs_labels:
+                key = "label_groups" if a.label_groups is not None else "label_map"
+                raise ConfigError(f"config key 'arms.{a.name}.{key}': objective {obj.name!r} uses no labels")
             if obj.needs_head:
                 with seeded_init(derive_seed(self.seed, "head")):
-                    head = LinearHead(mcfg["projector_out"], self.num_classes)
+                    head = LinearHead(mcfg["projector_out"], self.num_classes if lut is None else int(lut.max()) + 1)
             module = ArmModule(net, head).to(self.device)
             if self.channels_last:
                 module = module.to(memory_format=torch.channels_last)
@@ -426,7 +434,8 @@ class CoupledTrainer:
             scaler = torch.amp.GradScaler(self.device.type, enabled=prec == "fp16")
             loss_fn = make_loss(obj, a.settings)
             st = ArmState(a, module, opt, sched, scaler, loss_fn, self._stream_key(a), peak,
-                          shared_params=shared, unshared_params=unshared)
+                          shared_params=shared, unshared_params=unshared,
+                          label_lut=None if lut is None else lut.to(self.device))
             if self.world > 1:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 st.wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -450,6 +459,7 @@ class CoupledTrainer:
             "arms": {s.name: {**s.arm.to_dict(), **self._objective_meta(s.arm), "peak_lr": s.peak_lr, "stream": s.stream,
                               "shares_all_initial_weights": not s.unshared_params,
                               "unshared_params": s.unshared_params,
+                              **({"label_lookup": s.label_lut.tolist()} if s.label_lut is not None else {}),
                               "num_params": sum(p.numel() for p in s.module.parameters())}
                      for s in self.arm_states},
         }
@@ -676,6 +686,8 @@ class CoupledTrainer:
             if not s.active:
                 continue
             x, labels = inputs[s.stream]
+            if s.label_lut is not None:
+                labels = s.label_lut[labels]
             t0 = time.perf_counter()
             snap = self._snapshots.setdefault(s.name, _ArmSnapshot())
             snap.take_buffers(s.module)  # BN running statistics change in the forward pass
@@ -741,6 +753,8 @@ class CoupledTrainer:
                                        "samples_per_s": self.batch_size / max(p["dt"], 1e-9)})
                 if get_objective(s.arm.objective).loss_gap:
                     record["rows"].append(self._loss_gap_row(s, p["z"], p["labels"], epoch_f, record["gaps"]))
+        if log:
+            record["rows"] += self._arm_gap_rows(pending, epoch_f, record["gaps"])
         self._pending.append(record)
         if (self.step + 1) % self.nonfinite_check_every == 0:
             return self.check_nonfinite()
@@ -894,13 +908,68 @@ class CoupledTrainer:
         return {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name, "gap": len(gaps) - 1,
                 "n": int(yg.numel()), "tau": tau}
 
+    def _arm_gap_rows(self, pending: list[dict[str, Any]], epoch_f: float,
+                      gaps: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """Loss-gap rows of the arms between CL and NSCL (issue 18): for every arm X whose objective is
+        ``nscl`` on mapped labels (``label_groups`` / ``label_map``) or ``nscl_alpha``, the per-batch
+        ``L_DCL − L_X`` on the embeddings of the run's CL arm (the first non-control arm of a loss-gap
+        objective on X's stream, so the same batch), with X's labels and τ — the gap the theorem bounds,
+        measured where the pilot of issue 18 measured it. The row names X as ``arm`` and the CL arm as
+        ``embeddings``; its ``nscl`` column holds ``L_X``. A plain NSCL arm needs no row: the CL arm's own
+        row is its gap."""
+        ref: dict[str, dict[str, Any]] = {}
+        for p in pending:
+            s = p["s"]
+            if s.arm.control is None and get_objective(s.arm.objective).loss_gap and s.stream not in ref:
+                ref[s.stream] = p
+        rows: list[dict[str, Any]] = []
+        for p in pending:
+            s = p["s"]
+            obj = get_objective(s.arm.objective)
+            alpha = None
+            if obj.name == "nscl_alpha":
+                alpha = float(s.arm.get("loss.options")["alpha"])
+            elif not (obj.name == "nscl" and s.label_lut is not None):
+                continue
+            if s.stream not in ref:
+                continue
+            c = ref[s.stream]
+            with torch.no_grad():
+                zg = dist_utils.gather_no_grad(c["z"].detach(), dim=1)
+                yg = dist_utils.gather_no_grad(p["labels"], dim=0)  # X's labels (mapped) of the same batch
+                tau = s.arm.get("loss.temperature")
+                with unchecked_inputs():
+                    dcl = dcl_loss(zg, yg, tau)
+                    lx = nscl_loss(zg, yg, tau) if alpha is None else nscl_alpha_loss(zg, yg, tau, alpha)
+                k = int(s.label_lut.max()) + 1 if s.label_lut is not None else self.num_classes
+                counts = torch.zeros(k, dtype=torch.float64, device=yg.device)
+                counts.scatter_add_(0, yg.long(), torch.ones(yg.shape, dtype=torch.float64, device=yg.device))
+                gaps.append(torch.stack([dcl.detach().double(), lx.detach().double(), counts.max()]))
+            row: dict[str, Any] = {"kind": "lossgap", "step": self.step, "epoch": epoch_f, "arm": s.name,
+                                   "gap": len(gaps) - 1, "n": int(yg.numel()), "tau": tau,
+                                   "embeddings": c["s"].name}
+            if alpha is not None:
+                row["alpha"] = alpha
+            if s.arm.label_groups is not None or s.label_lut is not None:
+                row["label_groups"] = k
+            rows.append(row)
+        return rows
+
     @staticmethod
     def _finish_loss_gap_row(row: Mapping[str, Any], vals: list[float]) -> dict[str, Any]:
-        """The ``lossgap`` row of :meth:`_loss_gap_row` with its values read: dcl, nscl, gap, bound."""
+        """The ``lossgap`` row of :meth:`_loss_gap_row` / :meth:`_arm_gap_rows` with its values read: dcl,
+        nscl (the X arm's loss for an X row), gap, bound (the α-bound for an ``nscl_alpha`` row)."""
         dcl, nscl, n_max = vals
-        bound = loss_gap_bound_from_counts(row["n"], int(n_max), row["tau"])
-        return {"kind": "lossgap", "step": row["step"], "epoch": row["epoch"], "arm": row["arm"], "dcl": dcl,
-                "nscl": nscl, "gap": dcl - nscl, "bound": bound}
+        if row.get("alpha") is not None:
+            bound = loss_gap_bound_alpha_from_counts(row["n"], int(n_max), row["tau"], row["alpha"])
+        else:
+            bound = loss_gap_bound_from_counts(row["n"], int(n_max), row["tau"])
+        out = {"kind": "lossgap", "step": row["step"], "epoch": row["epoch"], "arm": row["arm"], "dcl": dcl,
+               "nscl": nscl, "gap": dcl - nscl, "bound": bound}
+        for k in ("embeddings", "alpha", "label_groups"):
+            if k in row:
+                out[k] = row[k]
+        return out
 
     def _nonfinite(self, s: ArmState, what: str, value: str, step: int) -> None:
         """Stop arm ``s`` (its last good weights, optimiser and BN state are kept) and log the event of
