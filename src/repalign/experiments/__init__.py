@@ -10,7 +10,7 @@ from typing import Any
 
 #: The reproducible paper figures, in order (``repalign reproduce FIG``): each names its module
 #: ``experiments/figures/<name>.py``, from which :data:`.figures.FIGS` is built (driver: :mod:`.reproduce`).
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "weights", "lossgap")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "weights", "lossgap", "granularity", "alpha")
 
 _LAZY = {"SweepSpec": "experiments.sweep", "expand": "experiments.sweep", "load_spec": "experiments.sweep",
          "run_sweep": "experiments.sweep", "write_summary": "experiments.sweep",

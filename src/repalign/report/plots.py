@@ -587,3 +587,102 @@ def plot_final_vs(rows: Iterable[Mapping[str, Any]], x_key: str, group_key: str 
 
 
 
+
+
+# --------------------------------------------------------------------------- designs (issue 18)
+def _mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
+    from repalign.analysis.stats import summarize
+
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return math.nan, math.nan, math.nan, 0
+    s = summarize(v)
+    return s.mean, s.lo if s.lo is not None else s.mean, s.hi if s.hi is not None else s.mean, s.n
+
+
+def plot_design_vs(per: Mapping[float, Mapping[Any, float]], floors: Mapping[str, Mapping[Any, float]],
+                   x_label: str, y_label: str, title: str, log_x: bool = False,
+                   x_ticks: Sequence[float] | None = None) -> Figure:
+    """One design's alignment against its condition: ``per[x][seed] = y`` (e.g. CKA(cl, NSCL_K) at K = x).
+    Thin grey lines join each seed's conditions (the paired design), the black line with error bars is
+    the mean and 95 % t-interval over seeds; each ``floors[name][seed]`` (chaos / noise floor, the same
+    for every condition) is a horizontal band: mean (dashed / dotted) and its interval (shaded)."""
+    fig, axes = new_figure(1, 1, w=6.4, h=4.2)
+    ax = axes[0, 0]
+    xs = sorted(per)
+    if not xs:
+        _no_data(ax, "align")
+        return fig
+    seeds = sorted({s for x in xs for s in per[x]}, key=str)
+    for s in seeds:
+        pts = [(x, per[x][s]) for x in xs if s in per[x] and _finite(per[x][s])]
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="#BBBBBB", lw=0.6, zorder=1)
+    stats = [_mean_ci(per[x].values()) for x in xs]
+    m = np.array([t[0] for t in stats])
+    err = np.array([[t[0] - t[1] for t in stats], [t[2] - t[0] for t in stats]])
+    n = max(t[3] for t in stats)
+    ax.errorbar(xs, m, yerr=err, fmt="o-", color=OKABE_ITO[0], ms=4, lw=1.6, capsize=3, zorder=3,
+                label=f"cl vs X (mean ± 95 % CI, n = {n} seeds; grey: one seed)")
+    for j, (name, vals) in enumerate(floors.items()):
+        fm, flo, fhi, fn = _mean_ci(vals.values())
+        if fn == 0:
+            continue
+        col = CONTROL_COLOURS["chaos" if j == 0 else "noise_data"]
+        ax.axhline(fm, color=col, ls="--" if j == 0 else ":", lw=1.2, label=f"{name} (mean ± 95 % CI, n = {fn})", zorder=2)
+        ax.axhspan(flo, fhi, color=col, alpha=0.18, lw=0, zorder=0)
+    if log_x:
+        ax.set_xscale("log")
+    if x_ticks is not None:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(list(x_ticks))
+        ax.set_xticklabels([f"{t:g}" for t in x_ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    return fig
+
+
+def plot_relation(points: Mapping[str, Mapping[Any, tuple[float, float]]], x_label: str, y_label: str, title: str,
+                  fit: Mapping[str, Any] | None = None) -> Figure:
+    """A measured relation over arms: ``points[arm][seed] = (x, y)`` (e.g. x = the arm's mean loss gap,
+    y = CKA(cl, arm) or ‖Σ_CL − Σ_arm‖_F). Each arm: its seeds (small dots) and the mean with 95 % intervals in
+    x and y; grey lines join one seed's arms in x order. ``fit`` (:func:`repalign.analysis.structure.fit_relation`)
+    goes to the title as the per-seed slope with its interval."""
+    fig, axes = new_figure(1, 1, w=6.4, h=4.2)
+    ax = axes[0, 0]
+    if not any(points.values()):
+        _no_data(ax, "lossgap")
+        return fig
+    by_seed: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for per in points.values():
+        for s, xy in per.items():
+            by_seed[s].append(xy)
+    for pts in by_seed.values():
+        pts = sorted(p for p in pts if _finite(p[0]) and _finite(p[1]))
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="#DDDDDD", lw=0.6, zorder=1)
+    for k, (arm, per) in enumerate(points.items()):
+        col = OKABE_ITO[k % len(OKABE_ITO)]
+        xy = [p for p in per.values() if _finite(p[0]) and _finite(p[1])]
+        if not xy:
+            continue
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], ".", color=col, ms=3, alpha=0.5, zorder=2)
+        mx, xlo, xhi, _n = _mean_ci(p[0] for p in xy)
+        my, ylo, yhi, n = _mean_ci(p[1] for p in xy)
+        ax.errorbar([mx], [my], xerr=[[mx - xlo], [xhi - mx]], yerr=[[my - ylo], [yhi - my]], fmt="o", color=col,
+                    ms=5, capsize=3, zorder=3, label=f"{arm} (n = {n})")
+    t = title
+    if fit and fit.get("slope") is not None:
+        s = fit["slope"]
+        t += f"\nper-seed slope {s.mean:.3g} [{s.lo:.3g}, {s.hi:.3g}] (95 % CI, n = {s.n})" if s.lo is not None else ""
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(t, fontsize=9)
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    return fig
