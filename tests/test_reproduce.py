@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from repalign.cli import main
 from repalign.config import ConfigError
@@ -24,7 +25,18 @@ EXPECT = {  # figure → {csv name: required columns}
                 "weights_fit": {"arm_a", "arm_b", "status", "rate_per_step", "rate_per_epoch", "start_step", "end_step"}},
     "lossgap": {"lossgap": {"num_classes", "seed", "step", "gap", "bound", "dcl", "nscl"},
                 "lossgap_vs_C": {"num_classes", "seed", "gap", "bound"}},
+    "granularity": {"granularity": ALIGN | {"label_groups", "sim_gap"},
+                    "granularity_lossgap": {"seed", "arm", "condition", "gap", "first_gap", "bound"},
+                    "granularity_theory": {"label_groups", "S_T", "sim_gap", "bound_shape"}},
+    "alpha": {"alpha": ALIGN | {"alpha", "sim_gap"}, "alpha_lossgap": {"seed", "arm", "condition", "gap", "bound"},
+              "alpha_theory": {"alpha", "S_T", "sim_gap"}},
 }
+#: figures whose seeds were pre-declared from a power calculation (docs/figures/<fig>.md), not SEEDS
+DECLARED_SEEDS = {"granularity": rp.GRANULARITY_SEEDS, "alpha": rp.ALPHA_SEEDS}
+
+
+def seeds_of(fig, scale):
+    return DECLARED_SEEDS[fig][scale] if fig in DECLARED_SEEDS else rp.SEEDS[scale]
 
 
 @pytest.mark.parametrize("fig", rp.FIGURES)
@@ -116,6 +128,13 @@ PLANS = {
     ("lossgap", "tiny"): ("C2/strokes C5/strokes", "seed", "cl", "num_classes"),
     ("lossgap", "cpu"): (" ".join(f"C{c}/strokes" for c in (2, 5, 10, 20, 50, 100, 200)), "seed", "cl", "num_classes"),
     ("lossgap", "paper"): ("cifar100/cifar100", "data.num_classes seed", "cl", ""),
+    ("granularity", "tiny"): ("runs/digits", "seed", "cl nscl_k2 nscl_k5 nscl cl_eps cl_data", "num_classes"),
+    ("granularity", "cpu"): ("runs/strokes", "seed", "cl nscl_k2 nscl_k5 nscl_k10 nscl_k25 nscl_k50 nscl cl_eps cl_data",
+                             "num_classes"),
+    ("granularity", "paper"): ("cifar100/cifar100", "seed",
+                               "cl nscl_k2 nscl_k5 nscl_k10 nscl_k20 nscl_k50 nscl cl_eps cl_data", ""),
+    **{("alpha", s): ({"paper": "cifar100/cifar100"}.get(s, "runs/" + ("digits" if s == "tiny" else "strokes")), "seed",
+                      "cl alpha_0 alpha_0p25 alpha_0p5 alpha_0p75 alpha_1 cl_eps cl_data", "") for s in ("tiny", "cpu", "paper")},
 }
 
 
@@ -124,9 +143,9 @@ def test_plan_snapshot(fig, scale):
     plans = rp.FIGS[fig].plans(scale)
     arms = [o for o in plans[0].spec["overrides"] if o.startswith("arms=")]
     got = (" ".join(f"{p.name}/{p.label}" for p in plans), " ".join(sorted(plans[0].spec["grid"])),
-           " ".join(re.findall(r"(\w+): \{", arms[-1])) if arms else "", " ".join(sorted(plans[0].extra)))
+           " ".join(yaml.safe_load(arms[-1].split("=", 1)[1])) if arms else "", " ".join(sorted(plans[0].extra)))
     assert got == PLANS[fig, scale]
-    assert all(p.spec["grid"]["seed"] == rp.SEEDS[scale] for p in plans)
+    assert all(p.spec["grid"]["seed"] == seeds_of(fig, scale) for p in plans)
 
 
 def test_figure_modules_are_the_registry():
@@ -135,7 +154,7 @@ def test_figure_modules_are_the_registry():
 
     from repalign.experiments import figures
 
-    mods = {m.name for m in pkgutil.iter_modules(figures.__path__)} - {"common"}
+    mods = {m.name for m in pkgutil.iter_modules(figures.__path__)} - {"common", "designs"}
     assert mods == set(rp.FIGURES) and tuple(rp.FIGS) == rp.FIGURES and set(PLANS) == {(f, s) for f in rp.FIGURES
                                                                                           for s in rp.SCALES}
     for name, d in rp.FIGS.items():
@@ -158,9 +177,9 @@ def test_with_seeds_replaces_only_the_seed_grid(fig, scale):
                {k: v for k, v in old.spec["grid"].items() if k != "seed"}
         assert list(new.spec["grid"]) == list(old.spec["grid"])  # same point slugs for the shared seeds
         assert new.spec["overrides"] == old.spec["overrides"] and new.extra == old.extra
-        assert old.spec["grid"]["seed"] == rp.SEEDS[scale]  # the figure's own plan is not mutated
+        assert old.spec["grid"]["seed"] == seeds_of(fig, scale)  # the figure's own plan is not mutated
         if old.gpu_hours is not None:
-            assert new.gpu_hours == pytest.approx(old.gpu_hours * 6 / len(rp.SEEDS[scale]))
+            assert new.gpu_hours == pytest.approx(old.gpu_hours * 6 / len(seeds_of(fig, scale)))
 
 
 def test_with_seeds_rejects_bad_requests():

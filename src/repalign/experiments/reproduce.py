@@ -3,7 +3,8 @@
 Figures: ``fig1`` (weight vs representation angle), ``fig2`` (CL vs NSCL/SCL/CE over epochs, with
 noise-floor controls), ``fig3`` (CL–NSCL CKA over C × epoch, with controls and theory overlay),
 ``fig4`` (τ), ``fig5`` (B × lr rule), ``weights`` (weight gap + growth rate), ``lossgap`` (loss
-gap vs its bound, over training and against C).
+gap vs its bound, over training and against C), and issue 18's loss-isolating designs ``granularity``
+(NSCL at K label groups) and ``alpha`` (``nscl_alpha`` at five α) — same images and steps for every arm.
 
 Scales:
 - ``tiny``  — seconds; used by the tests (``--tiny``).
@@ -48,6 +49,8 @@ from repalign.experiments.figures.fig4 import make_fig4, plans_fig4
 from repalign.experiments.figures.fig5 import FIG5_B, make_fig5, plans_fig5
 from repalign.experiments.figures.lossgap import LOSSGAP_C, make_lossgap, plans_lossgap
 from repalign.experiments.figures.weights import make_weights, plans_weights
+from repalign.experiments.figures.granularity import GRANULARITY_K, GRANULARITY_SEEDS, make_granularity, plans_granularity
+from repalign.experiments.figures.alpha import ALPHAS, ALPHA_SEEDS, make_alpha, plans_alpha
 from repalign.experiments.sweep import run_sweep
 from repalign.results import read_summary
 

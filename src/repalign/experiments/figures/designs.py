@@ -29,7 +29,7 @@ from repalign.analysis.aggregate import pair_values
 from repalign.analysis.stats import per_seed_slopes, summarize
 from repalign.analysis.structure import fit_relation, growth_over_training, relation_text
 from repalign.analysis.theory import theory_rows
-from repalign.experiments.figures.common import ALIGN_COLS, THEORY_COLS, Context, _align, _all
+from repalign.experiments.figures.common import ALIGN_COLS, THEORY_COLS, Context, _align, _all, _findings
 from repalign.report import plots
 from repalign.results import read_rows
 
@@ -120,6 +120,7 @@ def make_design(ctx: Context, fig: str, column: str, conds: Mapping[str, float],
         if C is not None:
             r.setdefault("num_classes", C)
     ctx.write_csv(fig, al, [column, "num_classes"] + ALIGN_COLS)
+    _findings(ctx, al, [])
     vals, _base, _ctrl = pair_values(al, METRIC, SPLIT, LAYER)
     simv, _b2, _c2 = pair_values(al, "sim_gap", SPLIT, LAYER)
     per = {conds[a]: vals[("cl", a)] for a in conds if ("cl", a) in vals}
