@@ -60,7 +60,7 @@ def config_page() -> str:
         out.append("")
     out += ["## arms", "",
             "`arms` maps each arm name to its settings (`objective`, `same_as`, `init_perturb`, `init_seed`, "
-            "`data_seed`, …; see [Arms and controls](../arms.md)). An arm may set these keys by their short "
+            "`data_seed`, `label_groups`, `label_map`, …; see [Arms and controls](../arms.md)). An arm may set these keys by their short "
             "names:", "", "| arm key | config key |", "|---|---|"]
     out += [f"| `{a}` | `{k}` |" for a, k in ARM_KEYS.items()]
     out += ["", "and may not set (they are shared by all arms): "
