@@ -29,7 +29,8 @@ def plans_lossgap(scale: str) -> list[SweepPlan]:
 
 
 def make_lossgap(ctx: Context) -> None:
-    rows = [r for r in _all(ctx) if r.get("kind") == "lossgap"]
+    # the CL arm's own rows (DCL − NSCL on its embeddings); rows of grouped-NSCL / α arms carry `embeddings`
+    rows = [r for r in _all(ctx) if r.get("kind") == "lossgap" and not r.get("embeddings")]
     cs = sorted({r["num_classes"] for r in rows if r.get("num_classes") is not None})
     show = next((c for c in cs if c >= 10), cs[-1] if cs else None)
     ctx.save(plots.plot_loss_gap([r for r in rows if r.get("num_classes") == show]), "lossgap",
