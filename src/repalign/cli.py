@@ -2,7 +2,8 @@
 
 Every error the user can fix prints one line ``repalign: error: ...`` naming the key, file or
 path; exit codes (see :mod:`repalign.errors`): 2 bad input, 3 stopped on non-finite values
-(``train.on_nonfinite=stop_run``), 4 run directory in use by another process, 130 interrupted.
+(``train.on_nonfinite=stop_run``), 4 run directory in use by another process, 130 interrupted,
+143 / 138 stopped by SIGTERM / SIGUSR1 after a checkpoint (:mod:`repalign.training.signals`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from repalign.config import ConfigError, load_config, resolve_config_path
-from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError, one_line
+from repalign.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Interrupted, UserError, one_line
 
 #: --trust-code (issue 17; docs/design.md, "Trust model")
 TRUST_HELP = ("import the plug-in code (objectives, encoder, data source given as file or module references) that "
@@ -252,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a read-only or full run directory, a file that vanished
         print(f"repalign: error: {_describe_oserror(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as e:  # SIGTERM / SIGUSR1 (before KeyboardInterrupt, its base class)
+        print(f"repalign: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("repalign: interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -9,7 +9,9 @@
 * ``3`` — the run stopped because an arm's values became non-finite and ``train.on_nonfinite`` is
   ``stop_run`` (:class:`repalign.training.NonFiniteError`); the checkpoint is loadable;
 * ``4`` — the run directory is in use by another process (:class:`RunDirLocked`);
-* ``130`` — interrupted (Ctrl-C); continue with ``--resume``.
+* ``130`` — interrupted (Ctrl-C); continue with ``--resume``;
+* ``143`` / ``138`` — stopped by ``SIGTERM`` / ``SIGUSR1`` (``128 + signal``) after writing the checkpoint
+  of the step it was in (:class:`Interrupted`, :mod:`repalign.training.signals`); continue with ``--resume``.
 
 Anything else is a bug and ends in a traceback.
 """
@@ -19,6 +21,41 @@ EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (``SIGTERM``, ``SIGUSR1``; :mod:`repalign.training.signals`).
+
+    A ``KeyboardInterrupt``, so whatever handles Ctrl-C handles it too. ``checkpointed``: the state after
+    ``step`` steps was written before stopping (the first signal); false after a second signal, which
+    stops at once (then ``step`` is that of the last checkpoint, ``None`` when there is none).
+    ``exit_code`` is ``128 + signum``, as a shell reports a process killed by that signal."""
+
+    def __init__(self, signum: int, step: int | None = None, run_dir: str | None = None,
+                 checkpointed: bool = True) -> None:
+        super().__init__(signum)
+        self.signum, self.step, self.run_dir, self.checkpointed = int(signum), step, run_dir, checkpointed
+        self.exit_code = 128 + int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    def __str__(self) -> str:
+        how = f"repalign train {self.run_dir}/config.yaml --run-dir {self.run_dir} --resume" if self.run_dir else "--resume"
+        if self.checkpointed:
+            at = f" at step {self.step}" if self.step is not None else ""
+            saved = "checkpoint written" if self.run_dir else "no run directory, nothing saved"
+            return f"interrupted by {self.signal_name}{at} ({saved}); resume with: {how}"
+        if self.step is None:
+            return f"interrupted by a second {self.signal_name}: stopped at once, before any checkpoint"
+        return (f"interrupted by a second {self.signal_name}: stopped at once; the last checkpoint is "
+                f"step {self.step}; resume with: {how}")
 
 
 class UserError(Exception):

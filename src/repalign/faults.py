@@ -14,7 +14,9 @@ process (default 1), ``<action>`` is one of
 * ``enospc`` — raise ``OSError(ENOSPC)`` as a full disk would;
 * ``wait`` — write ``$REPALIGN_FAULT_RELEASE.waiting`` (holding the pid), then block until the file
   named by ``REPALIGN_FAULT_RELEASE`` exists (at most 120 s), to hold a process at a known place
-  while a test acts on it.
+  while a test acts on it; a stop signal received while training (``SIGTERM``/``SIGUSR1``,
+  :mod:`repalign.training.signals`, which calls :func:`wake`) ends the wait too, as the step it holds
+  would end by itself.
 
 Named points: ``step.forward`` (every arm's forward/backward of a step done, no optimiser step
 yet), ``step.update`` (the first arm's optimiser step taken, the others not yet), ``metrics.row``
@@ -36,6 +38,7 @@ ENV = "REPALIGN_FAULT"
 RELEASE_ENV = "REPALIGN_FAULT_RELEASE"
 _counts: dict[str, int] = {}
 _spec_seen: str | None = None
+_woken = False
 
 
 class FaultInjected(RuntimeError):
@@ -56,6 +59,12 @@ def reset() -> None:
     global _spec_seen
     _counts.clear()
     _spec_seen = None
+
+
+def wake(on: bool = True) -> None:
+    """End (``on``) any ``wait`` in progress or to come in this process; ``wake(False)`` re-arms."""
+    global _woken
+    _woken = on
 
 
 def fault_point(name: str) -> None:
@@ -86,7 +95,7 @@ def fault_point(name: str) -> None:
         if release:  # tell the test where we are
             Path(release + ".waiting").write_text(f"{os.getpid()}\n")
         t_end = time.monotonic() + 120
-        while release and not Path(release).exists() and time.monotonic() < t_end:
+        while release and not Path(release).exists() and not _woken and time.monotonic() < t_end:
             time.sleep(0.02)
     else:
         raise ValueError(f"{ENV}: unknown action {action!r} for point {name!r} (kill, raise, enospc, wait)")

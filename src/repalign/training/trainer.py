@@ -22,7 +22,7 @@ from torch import nn
 from repalign import distributed as dist_utils
 from repalign.config import Arm, resolve_arms, resolve_pairs
 from repalign.config import ConfigError
-from repalign.errors import DataError
+from repalign.errors import DataError, Interrupted
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.data.batched_views import BatchedViews
@@ -39,6 +39,7 @@ from repalign.training.checkpoint import load_latest, save_checkpoint
 from repalign.training.optim import build_optimizer, scaled_lr
 from repalign.training.lock import RunLock
 from repalign.training.rundir import RunDir
+from repalign.training.signals import StopSignals
 from repalign.training.schedule import build_scheduler
 
 
@@ -597,6 +598,10 @@ class CoupledTrainer:
         every ``eval.weight_every`` steps. ``stop_after``: checkpoint and return once the global step
         reaches this value (as a killed or pre-empted run would); ``--resume`` continues it
         bit-identically, with no evaluation row missing or repeated.
+
+        ``SIGTERM`` / ``SIGUSR1`` (main thread only, :mod:`repalign.training.signals`) stop the same way at
+        the end of the step in progress, then raise :class:`~repalign.errors.Interrupted`; under DDP the ranks
+        agree on the stop where they read the non-finite flags (every ``train.nonfinite_check_every`` steps).
         """
         log_every = self.cfg["train"]["log_every"]
         eval_at = self._eval_steps()
@@ -605,6 +610,7 @@ class CoupledTrainer:
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         self._hold_lock()
         bar = None
+        stop, self._stop_signum = StopSignals().install(), None
         try:
             self._open_loggers()  # before the step-0 rows, so TensorBoard/W&B get them too
             if self.step == 0:
@@ -629,6 +635,8 @@ class CoupledTrainer:
                     # before the checkpoint of this step: a run killed while evaluating redoes it
                     if self.evaluator is not None and self.step in eval_at:
                         self._evaluate()
+                    if self.step < end and self._stop_requested(stop):
+                        break  # SIGTERM/SIGUSR1: checkpoint this step boundary, then stop
                     if not any(s.active for s in self.arm_states):
                         break
                 self.check_nonfinite()  # at every epoch end (a stop_run rewind stays within the epoch)
@@ -638,15 +646,42 @@ class CoupledTrainer:
                 self.pos_in_epoch = 0
                 if self.epoch % self.cfg["train"]["checkpoint_every"] == 0:
                     self.save()
+                if self._stop_signum is not None:
+                    break
             if self._saved_step != self.step:
                 self.save()
+            if self._stop_signum is not None:
+                raise Interrupted(self._stop_signum, self.step, self._run_dir_str())
+        except Interrupted as e:
+            if not e.checkpointed and e.step is None and self._saved_step >= 0:  # a second signal
+                e.step, e.run_dir = self._saved_step, self._run_dir_str()
+            raise
         finally:
+            stop.restore()
             if bar is not None:
                 bar.close()
             self._close_loggers()
             self.close()
         return {"steps": self.step, "epochs": self.epoch, "seconds": time.perf_counter() - t_start,
                 "arms": {s.name: {"active": s.active, "stop_reason": s.stop_reason} for s in self.arm_states}}
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """Whether a stop signal asks to end the run at this step boundary (sets ``_stop_signum``). Under
+        DDP the ranks agree (one all-reduce of the largest signal number, every
+        ``nonfinite_check_every`` steps), so that all of them checkpoint the same step and none waits on
+        the others in a collective."""
+        signum = stop.signum
+        if self.world > 1 and dist_utils.is_dist():
+            if self.step % self.nonfinite_check_every:
+                return False
+            t = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            signum = int(t.item()) or None
+        self._stop_signum = signum
+        return signum is not None
+
+    def _run_dir_str(self) -> str | None:
+        return str(self.run.path) if self.run is not None else None
 
     def train_step(self, batches: Mapping[str, tuple[torch.Tensor, ...]], log: bool = False) -> list[dict[str, Any]]:
         """One optimiser step of every active arm on its stream's batch; returns the rows logged by
