@@ -70,11 +70,11 @@ def train(config: str | Path | Mapping[str, Any] | None = None, *, encoder: Any 
         from repalign.data.external import dataset_to_source
 
         d = cfg["data"]
-        src_pair = tuple(dataset_to_source(ds, "python:sources", split, num_classes=d["num_classes"],
-                                           classes=d["classes"], seed=cfg["seed"],
-                                           max_per_class=d["max_per_class"] if split == "train" else d["test_max_per_class"],
-                                           name="python")
-                         for ds, split in zip(sources, ("train", "test")))
+        tr = dataset_to_source(sources[0], "python:sources", "train", num_classes=d["num_classes"], classes=d["classes"],
+                               seed=cfg["seed"], max_per_class=d["max_per_class"], name="python")
+        # the test split gets the train split's classes and labels (decided once)
+        src_pair = (tr, dataset_to_source(sources[1], "python:sources", "test", seed=cfg["seed"],
+                                          max_per_class=d["test_max_per_class"], name="python", mapping=tr.mapping))
         cfg["data"]["source"] = "python:sources"
     cfg = validate(cfg)
     rd = Path(run_dir) if run_dir is not None else default_run_dir(cfg)

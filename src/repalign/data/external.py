@@ -3,9 +3,12 @@
 Contract: a callable ``(split, **data.options) → dataset`` with ``split`` ``"train"`` or ``"test"``,
 returning an :class:`~repalign.data.sources.ImageSource` or any map-style dataset of
 ``(image, label)`` pairs — ``image`` a uint8 tensor ``[C, H, W]`` or a PIL image (all of one size),
-``label`` an int. A dataset is read once into memory; its classes are ``dataset.classes`` when it
-has that attribute, else ``0..max(label)``; then the run's class subset (``data.num_classes`` /
-``data.classes``) and ``max_per_class`` apply as for the built-in sources.
+``label`` an int. A dataset is read once into memory; its class names are ``dataset.classes`` when it
+has that attribute, else ``"0"``..``str(max(label))``. The run's class subset (``data.num_classes`` /
+``data.classes``) is chosen once, among the classes the train split has, and the test split is built
+with the train split's mapping (``mapping=``): label ``k`` is one original class in every split, a
+class only the test split has is dropped from it with one warning; ``max_per_class`` applies as for
+the built-in sources.
 
 Adapters: ``torchvision:<DatasetClass>`` (``torchvision.datasets.<DatasetClass>(root, train=… or
 split=…, download=data.download)``; root ``data.root`` or ``~/.cache/repalign/torchvision``);
@@ -22,6 +25,8 @@ import numpy as np
 import torch
 
 from repalign.data.sources import ImageSource, in_memory_source
+from repalign.data.sources.registry import ClassMapping
+from repalign.data.sources.subsets import conform
 
 KEY = "data.source"
 
@@ -56,10 +61,13 @@ def _to_uint8(img: Any, i: int, ref: str) -> torch.Tensor:
 
 def dataset_to_source(ds: Any, ref: str, split: str, *, num_classes: int | None = None,
                       classes: Sequence[int] | None = None, seed: int = 0, max_per_class: int | None = None,
-                      name: str | None = None) -> ImageSource:
-    """Read a map-style dataset of ``(image, label)`` into an in-memory :class:`ImageSource`."""
+                      name: str | None = None, mapping: ClassMapping | None = None) -> ImageSource:
+    """Read a map-style dataset of ``(image, label)`` into an in-memory :class:`ImageSource`.
+
+    Without ``mapping`` the class subset is chosen among the classes this split has (a train split);
+    with it (``train.mapping``) the split gets exactly those classes and labels."""
     if isinstance(ds, ImageSource):
-        return ds
+        return ds if mapping is None else conform(ds, mapping, name or ref)
     if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
         raise _error(f"{ref!r} returned a {type(ds).__name__}: expected an ImageSource or a map-style dataset "
                      "of (image, label)")
@@ -90,7 +98,8 @@ def dataset_to_source(ds: Any, ref: str, split: str, *, num_classes: int | None 
         names = [str(k) for k in range(max(labels) + 1)]
     return in_memory_source(name or ref, split, torch.stack(imgs), np.asarray(labels, np.int64),
                             [str(x) for x in names], num_classes=num_classes, classes=classes, seed=seed,
-                            max_per_class=max_per_class, meta={"reference": ref})
+                            max_per_class=max_per_class, meta={"reference": ref}, candidates=sorted(set(labels)),
+                            mapping=mapping)
 
 
 def _torchvision_factory(cls_name: str, root: str | None, download: bool) -> Callable[..., Any]:
@@ -148,7 +157,7 @@ def _hf_factory(name: str, root: str | None, download: bool) -> Callable[..., An
 
 def build_external_source(ref: str, split: str, *, root: str | None = None, num_classes: int | None = None,
                           classes: Sequence[int] | None = None, seed: int = 0, max_per_class: int | None = None,
-                          download: bool = False, **options: Any) -> ImageSource:
+                          download: bool = False, mapping: ClassMapping | None = None, **options: Any) -> ImageSource:
     """Build split ``split`` of a plug-in source (see the module docstring)."""
     from repalign.plugins import adapter_of, load_reference
 
@@ -170,7 +179,7 @@ def build_external_source(ref: str, split: str, *, root: str | None = None, num_
             raise
         raise _error(f"{ref!r} failed for split {split!r}: {type(e).__name__}: {' '.join(str(e).split())}") from None
     src = dataset_to_source(ds, ref, split, num_classes=num_classes, classes=classes, seed=seed,
-                            max_per_class=max_per_class)
+                            max_per_class=max_per_class, mapping=mapping)
     if isinstance(ds, ImageSource) and (num_classes is not None or classes is not None or max_per_class):
         raise _error(f"{ref!r} returned an ImageSource: select classes and subsets inside it, not with "
                      "data.num_classes / data.classes / data.max_per_class")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -26,6 +27,8 @@ from repalign.errors import DataError, Interrupted
 from repalign.faults import fault_point
 from repalign.data import MultiViewTransform, SeededBatchSampler, build_source, make_train_loader
 from repalign.data.batched_views import BatchedViews
+from repalign.data.sources.registry import DataWarning
+from repalign.data.sources.subsets import check_test_split, conform, require_classes
 from repalign.data.label_groups import arm_label_lookup
 from repalign.losses import dcl_loss, nscl_loss
 from repalign.losses.functional import (
@@ -142,18 +145,44 @@ def check_data_root(cfg: Mapping[str, Any]) -> None:
         raise DataError(f"config key 'data.root': {root!r} does not exist (set data.download=true to download into it)")
 
 
-def _build_source(cfg: Mapping[str, Any], split: str) -> Any:
-    """``build_source`` for one split of ``cfg["data"]``; a missing or unreadable dataset becomes a
-    one-line :class:`~repalign.errors.DataError` naming the source and what to set."""
+def _build_source(cfg: Mapping[str, Any], split: str, mapping: Any = None) -> Any:
+    """``build_source`` for one split of ``cfg["data"]`` (with ``mapping``: the train split's classes and
+    labels); a missing or unreadable dataset becomes a one-line :class:`~repalign.errors.DataError`
+    naming the source and what to set."""
     name = cfg["data"]["source"]
     check_data_root(cfg)
     try:
-        return build_source(name, split, **_source_kwargs(cfg, split))
+        return build_source(name, split, mapping=mapping, **_source_kwargs(cfg, split))
     except DataError:
         raise
     except (FileNotFoundError, OSError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         raise DataError(f"config key 'data.source': {name!r} ({split} split) is not available: {msg}") from e
+
+
+def _build_sources(cfg: Mapping[str, Any], sources: tuple[Any, Any] | None, is_main: bool) -> tuple[Any, Any]:
+    """The train split, refused with fewer than 2 classes, then the test split with the train split's
+    class mapping (decided once; ``sources`` given as objects: the test split conformed to it), so label
+    ``k`` is one class in every split and evaluation bank. Data warnings (a class of one split missing
+    from the other) are printed as one ``repalign: warning:`` line each, on the main rank."""
+    name = cfg["data"]["source"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        if sources is None:
+            train = _build_source(cfg, "train")
+            require_classes(train, name)
+            test = _build_source(cfg, "test", mapping=train.mapping)
+        else:
+            train, test = sources
+            require_classes(train, name)
+            test = conform(test, train.mapping, name)
+        check_test_split(train, test, name)
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif is_main:
+            print(f"repalign: warning: {w.message}", file=sys.stderr)
+    return train, test
 
 
 def _recipe(augment: str, image_size: int) -> str:
@@ -313,11 +342,7 @@ class CoupledTrainer:
         self.pairs = resolve_pairs(self.cfg, self.arms_cfg)
         # ---- data
         d = cfg["data"]
-        if sources is None:
-            self.train_source = _build_source(cfg, "train")
-            self.test_source = _build_source(cfg, "test")
-        else:
-            self.train_source, self.test_source = sources
+        self.train_source, self.test_source = _build_sources(cfg, sources, self.is_main)
         self.channels = self.train_source.channels
         self.image_size = d["image_size"] or self.train_source.image_size
         self.num_classes = self.train_source.num_classes

@@ -10,8 +10,10 @@ Class subsets (same for every source, see :func:`select_classes`):
   (all classes, without a random draw, when ``C == total``);
 - neither: all classes.
 
-Labels are remapped to ``0..C-1`` in sorted order of the original class index, so the train and
-test splits of one ``(seed, num_classes)`` pair agree. ``max_per_class=m`` keeps a seeded subset of
+Labels are remapped to ``0..C-1`` in sorted order of the original class index. A run decides the
+subset once, from the train split, and builds the test split with ``mapping=train.mapping``
+(:class:`ClassMapping`), so label ``k`` is one class in every split even when the splits' class
+lists differ (a class only the test split has is dropped with a :class:`DataWarning`). ``max_per_class=m`` keeps a seeded subset of
 at most ``m`` samples per class (``generator(seed, "subset", split, original_class)``) and
 ``subset=n`` a seeded subset of ``n`` samples in total (``generator(seed, "subset", split)``);
 the kept samples stay in their original order.
@@ -45,12 +47,14 @@ from __future__ import annotations
 from . import cifar, digits, idx, imagefolder  # noqa: F401  (register the built-in sources)
 from .digits import digits_split_indices
 from .idx import FASHION_MNIST_CLASSES, read_idx, write_idx
-from .registry import (SOURCES, ImageSource, SourceInfo, build_source, default_normalization, register_source,
-                       source_info)
+from .registry import (SOURCES, ClassMapping, DataWarning, ImageSource, SourceInfo, build_source, default_normalization,
+                       register_source, source_info)
 from .subsets import in_memory_source, select_classes
 
 __all__ = [
     "ImageSource",
+    "ClassMapping",
+    "DataWarning",
     "SourceInfo",
     "SOURCES",
     "register_source",

@@ -3,12 +3,13 @@ read lazily with PIL."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .registry import ImageSource, SourceInfo, default_normalization, register_source, reject_kwargs
+from .registry import DataWarning, ImageSource, SourceInfo, default_normalization, register_source, reject_kwargs
 from .subsets import remap_labels, select_classes, subset_indices
 
 __all__: list[str] = []
@@ -109,6 +110,7 @@ def _build_imagefolder(split, root, num_classes, classes, seed, max_per_class, s
     cidx = {n: i for i, n in enumerate(names)}
     d = _split_dir(root, split)
     paths, lbls = [], []
+    unknown: dict[str, int] = {}  # classes of this split that the train folder lacks: images dropped
     ann = d / "val_annotations.txt"
     if ann.is_file():  # Tiny-ImageNet val layout: val/images/*.JPEG + annotations
         for line in ann.read_text().splitlines():
@@ -116,11 +118,14 @@ def _build_imagefolder(split, root, num_classes, classes, seed, max_per_class, s
             if len(parts) >= 2 and parts[1] in cidx:
                 paths.append(str(d / "images" / parts[0]))
                 lbls.append(cidx[parts[1]])
+            elif len(parts) >= 2:
+                unknown[parts[1]] = unknown.get(parts[1], 0) + 1
         order = np.lexsort((np.asarray(paths), np.asarray(lbls)))
         paths, lbls = [paths[i] for i in order], [lbls[i] for i in order]
     else:
         for n in _class_dirs(d):
             if n not in cidx:
+                unknown[n] = len(_list_images(d / n)) or len(_list_images(d / n / "images"))
                 continue
             cd = d / n
             files = _list_images(cd)
@@ -130,6 +135,12 @@ def _build_imagefolder(split, root, num_classes, classes, seed, max_per_class, s
             lbls += [cidx[n]] * len(files)
     if not paths:
         raise FileNotFoundError(f"imagefolder: no images found under {d}")
+    if unknown:
+        k = sorted(unknown)
+        warnings.warn(f"data source 'imagefolder': the {split} split ({d}) has class{'es' if len(k) > 1 else ''} "
+                      f"{', '.join(map(repr, k[:10]))}{' ...' if len(k) > 10 else ''} that the train split lacks; "
+                      f"dropped {sum(unknown.values())} {split} images (labels follow the train split's classes)",
+                      DataWarning, stacklevel=2)
     orig = np.asarray(lbls, dtype=np.int64)
     keep = select_classes(len(names), num_classes, classes, seed, "imagefolder")
     idx = subset_indices(orig, keep, seed, split, max_per_class, subset)

@@ -11,7 +11,41 @@ import numpy as np
 import torch
 
 __all__ = ["ImageSource", "SourceInfo", "SourceEntry", "SOURCES", "register_source", "build_source", "source_info",
-           "default_normalization", "reject_kwargs"]
+           "default_normalization", "reject_kwargs", "ClassMapping", "DataWarning"]
+
+
+class DataWarning(UserWarning):
+    """Something about the data a run should know but that does not stop it (a class of one split
+    missing from the other, ...); the trainer prints it as one ``repalign: warning:`` line."""
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """A run's class subset and label mapping, decided once from the train split (or the source's
+    declared class list) and applied to every split: label ``k`` is original class ``original[k]``.
+
+    ``original``: the kept original class indices, sorted; ``names``: their names; ``candidates``:
+    the classes the subset was chosen from (the train split's classes), ``None`` where the source
+    does not say (a class of another split outside ``candidates`` is a class the train split lacks).
+    """
+
+    original: tuple[int, ...]
+    names: tuple[str, ...]
+    candidates: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "original", tuple(int(c) for c in self.original))
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        if self.candidates is not None:
+            object.__setattr__(self, "candidates", tuple(int(c) for c in self.candidates))
+
+    def lookup(self, orig_labels: Sequence[int] | np.ndarray) -> np.ndarray:
+        """int64 labels ``0..K-1`` of original labels, ``-1`` for classes outside the mapping."""
+        orig = np.asarray(orig_labels, dtype=np.int64)
+        top = max(int(orig.max()) if orig.size else 0, max(self.original, default=0)) + 1
+        lut = np.full(top, -1, dtype=np.int64)
+        lut[np.asarray(self.original, dtype=np.int64)] = np.arange(len(self.original))
+        return lut[orig]
 
 #: Per-source default normalisation (mean, std) per channel, in [0, 1] pixel units.
 #: Known published statistics of the training splits; 0.5/0.5 for procedural/small sources.
@@ -55,6 +89,8 @@ class ImageSource:
         labels: int64 ``[N]`` in ``0..C-1``.
         class_names: ``C`` names, index = remapped label.
         original_classes: ``C`` original class indices (sorted), ``original_classes[label]``.
+        candidate_classes: the original classes the subset was chosen from, or ``None``.
+        mapping: :class:`ClassMapping` of the above (what the test split of a run is built with).
         channels, image_size: image shape ``[channels, image_size, image_size]``.
         mean, std: default normalisation (tuples of length ``channels``).
         meta: free-form provenance (root directory, kwargs ...).
@@ -72,6 +108,7 @@ class ImageSource:
         images: torch.Tensor | None = None,
         loader: Callable[[int], torch.Tensor] | None = None,
         original_classes: Sequence[int] | None = None,
+        candidate_classes: Sequence[int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         meta: dict | None = None,
@@ -102,6 +139,7 @@ class ImageSource:
         self.image_size = int(image_size)
         self.original_classes = (list(original_classes) if original_classes is not None
                                  else list(range(len(self.class_names))))
+        self.candidate_classes = None if candidate_classes is None else [int(c) for c in candidate_classes]
         dm, ds = default_normalization(name, self.channels)
         self.mean = tuple(mean) if mean is not None else dm
         self.std = tuple(std) if std is not None else ds
@@ -112,6 +150,12 @@ class ImageSource:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def mapping(self) -> ClassMapping:
+        """This split's class subset and label mapping (pass it as ``build_source(..., mapping=)``)."""
+        return ClassMapping(tuple(self.original_classes), tuple(self.class_names),
+                            None if self.candidate_classes is None else tuple(self.candidate_classes))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -125,7 +169,23 @@ class ImageSource:
             raise IndexError(f"index {i} out of range for source of length {len(self)}")
         if self.images is not None:
             return self.images[i]
-        return self._loader(i)
+        return self._check_item(i, self._loader(i))
+
+    def _check_item(self, i: int, img: object) -> torch.Tensor:
+        """A lazy loader's item must be what the source declares — uint8 ``[channels, image_size,
+        image_size]`` — else one :class:`~repalign.errors.DataError` line naming the source, the index,
+        what was expected and what came (a float image, another size or channel count would otherwise
+        fail deep in the transforms or, for a size, be resized silently)."""
+        want = (self.channels, self.image_size, self.image_size)
+        if isinstance(img, torch.Tensor) and img.dtype == torch.uint8 and tuple(img.shape) == want:
+            return img
+        from repalign.errors import DataError
+
+        got = (f"{str(img.dtype).replace('torch.', '')} {list(img.shape)}" if isinstance(img, torch.Tensor)
+               else type(img).__name__)
+        raise DataError(f"data source {self.name!r} ({self.split}): item {i} of its loader is {got}; expected a "
+                        f"uint8 tensor [channels, H, W] = {list(want)} (channels = {self.channels}, image_size = "
+                        f"{self.image_size} as the source declares)")
 
     def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, channels, H, W]`` for the given indices."""
@@ -210,6 +270,7 @@ def build_source(
     classes: Sequence[int] | None = None,
     seed: int = 0,
     max_per_class: int | None = None,
+    mapping: ClassMapping | None = None,
     **kw,
 ) -> ImageSource:
     """Build split ``split`` (``"train"`` or ``"test"``) of source ``name``.
@@ -220,6 +281,11 @@ def build_source(
         classes: explicit original class indices (mutually exclusive with ``num_classes``).
         seed: seed for class / subset draws (and for procedural sources their content).
         max_per_class: keep at most this many samples per class (seeded choice).
+        mapping: the class subset and labels of another split (``train.mapping``), used instead of
+            ``num_classes``/``classes``: a run builds its train split, then every other split with the
+            train split's mapping, so label ``k`` is one class everywhere. Classes outside it are dropped
+            (a class the train split lacks with a :class:`DataWarning`). Without it a split decides its
+            classes from itself (the same for the built-in sources, whose class lists are fixed).
         **kw: source specific (``subset``, ``download``, ``image_size``, ``samples_per_class`` ...).
     """
     from repalign.plugins import is_reference
@@ -230,7 +296,7 @@ def build_source(
         from repalign.data.external import build_external_source
 
         return build_external_source(name, split, root=None if root is None else str(root), num_classes=num_classes,
-                                     classes=classes, seed=seed, max_per_class=max_per_class, **kw)
+                                     classes=classes, seed=seed, max_per_class=max_per_class, mapping=mapping, **kw)
     entry = _check_name(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -242,8 +308,14 @@ def build_source(
     if max_per_class is not None and (not isinstance(max_per_class, (int, np.integer))
                                       or max_per_class < 1):
         raise ValueError(f"max_per_class must be a positive int, got {max_per_class!r}")
-    return entry.build(split=split, root=root, num_classes=num_classes, classes=classes,
-                       seed=seed, max_per_class=max_per_class, **kw)
+    if mapping is not None:  # the same keep list as the draw it came from: the same samples, bitwise
+        num_classes, classes = None, list(mapping.original)
+    src = entry.build(split=split, root=root, num_classes=num_classes, classes=classes,
+                      seed=seed, max_per_class=max_per_class, **kw)
+    if mapping is not None and tuple(src.original_classes) != mapping.original:
+        raise ValueError(f"source {name!r} ({split} split) built classes {list(src.original_classes)[:10]} "
+                         f"instead of the train split's {list(mapping.original)[:10]}")
+    return src
 
 
 def reject_kwargs(name: str, kw: dict) -> None:
