@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from repalign.experiments.cost import paper_plan
 from repalign.experiments.figures.common import Context, FigureDef, SweepPlan, _cpu, _label
-from repalign.experiments.figures.designs import arms_override, make_design
+from repalign.experiments.figures.designs import CPU_THREADS, arms_override, make_design
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 #: pre-declared seeds (docs/figures/alpha.md)
@@ -28,7 +28,7 @@ def plans_alpha(scale: str) -> list[SweepPlan]:
     grid = {"seed": ALPHA_SEEDS[scale]}
     if scale == "paper":
         return [paper_plan("cifar100", "cifar100", grid, ov, len(ALPHAS) + 3, 500)]
-    return [SweepPlan("runs", _label(scale), _cpu(scale, ov, grid))]
+    return [SweepPlan("runs", _label(scale), _cpu(scale, ov + [CPU_THREADS], grid))]
 
 
 def make_alpha(ctx: Context) -> None:

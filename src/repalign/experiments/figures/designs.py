@@ -45,6 +45,11 @@ def arms_override(x_arms: Mapping[str, str]) -> list[str]:
     return [f"arms={arms}", f"pairs={pairs}"]
 
 
+#: CPU scales: one thread per run — the designs are many independent seeds, run as ``--processes 2`` × 1 thread
+#: on 2 cores (processes × threads ≤ cores; a 2-thread run on shared cores stalls at every parallel region)
+CPU_THREADS = "train.threads=1"
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
 

@@ -11,7 +11,7 @@ import math
 
 from repalign.experiments.cost import paper_plan
 from repalign.experiments.figures.common import Context, FigureDef, SweepPlan, _cpu, _label
-from repalign.experiments.figures.designs import arms_override, make_design
+from repalign.experiments.figures.designs import CPU_THREADS, arms_override, make_design
 
 #: K per scale; the largest is C (the plain NSCL arm)
 GRANULARITY_K = {"tiny": [2, 5, 10], "cpu": [2, 5, 10, 25, 50, 100], "paper": [2, 5, 10, 20, 50, 100]}
@@ -34,7 +34,7 @@ def plans_granularity(scale: str) -> list[SweepPlan]:
     grid = {"seed": GRANULARITY_SEEDS[scale]}
     if scale == "paper":  # CIFAR-100, 100 classes; the real 20-superclass hierarchy: add an arm with label_map
         return [paper_plan("cifar100", "cifar100", grid, ov, len(GRANULARITY_K["paper"]) + 3, 500)]
-    return [SweepPlan("runs", _label(scale), _cpu(scale, ov, grid), extra={"num_classes": GRANULARITY_K[scale][-1]})]
+    return [SweepPlan("runs", _label(scale), _cpu(scale, ov + [CPU_THREADS], grid), extra={"num_classes": GRANULARITY_K[scale][-1]})]
 
 
 def make_granularity(ctx: Context) -> None:
