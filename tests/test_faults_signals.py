@@ -237,3 +237,52 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert not (run / "checkpoints" / "last.pt").exists()
     assert (run / ".lock").read_text() == ""
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)) == (signal.SIG_DFL, signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------- DDP: the ranks stop at the same step
+def _ddp_worker(rank: int, world: int, port: int, run: str, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        cfg = load_config(None, tiny_overrides(**{"model.norm": "none", "model.projector_norm": "none",
+                                                  "train.epochs": 1, "eval.every": "null"}))
+        tr = CoupledTrainer(cfg, run, evaluator=None)
+        step = tr.train_step
+
+        def train_step(*a, **k):
+            if rank == 1 and tr.step == 1:  # only rank 1 is signalled, inside its second step
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return step(*a, **k)
+
+        tr.train_step = train_step
+        try:
+            tr.fit()
+            got = {"step": tr.step, "signum": None}
+        except Interrupted as e:
+            got = {"step": e.step, "signum": e.signum}
+        Path(f"{out}.{rank}").write_text(json.dumps(got))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_agree_on_the_stop_step(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, out = tmp_path / "run", tmp_path / "out"
+    mp.spawn(_ddp_worker, args=(2, port, str(run), str(out)), nprocs=2, join=True)
+    got = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    assert got == [{"step": 2, "signum": signal.SIGUSR1}] * 2  # rank 0 was not signalled, yet stops there too
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert (run / ".lock").read_text() == ""
