@@ -115,9 +115,8 @@ def test_nscl_alpha_registered_objective_uses_options():
     z, y = _batch(3)
     fn = make_loss(obj, {"loss.temperature": 0.5, "loss.include_positive": False, "loss.options": {"alpha": 0.25}})
     assert torch.allclose(fn(z, y), naive_alpha(z, y, 0.5, 0.25), atol=1e-10)
-    fn0 = make_loss(obj, {"loss.temperature": 0.5, "loss.include_positive": False, "loss.options": {}})
-    with pytest.raises(Exception, match="loss.options.alpha is required"):
-        fn0(z, y)
+    with pytest.raises(Exception, match="loss.options.alpha is required"):  # refused when the loss is built
+        make_loss(obj, {"loss.temperature": 0.5, "loss.include_positive": False, "loss.options": {}})(z, y)
 
 
 def test_control_streams_derive_from_the_run_seed():
@@ -148,3 +147,14 @@ def test_nscl_alpha_arm_trains_in_a_coupled_run(tmp_path):
     assert tr.step > 0
     for s in tr.arm_states:
         assert all(bool(torch.isfinite(p).all()) for p in s.module.parameters())
+
+
+def test_contrastive_loss_module_alpha_only_for_nscl_alpha():
+    from repalign.losses import ContrastiveLoss
+
+    with pytest.raises(ValueError, match="alpha is required for objective 'nscl_alpha'"):
+        ContrastiveLoss("nscl_alpha", 0.5)
+    with pytest.raises(ValueError, match="applies to it only"):
+        ContrastiveLoss("nscl", 0.5, alpha=0.5)
+    z, y = _batch(5)
+    assert torch.allclose(ContrastiveLoss("nscl_alpha", 0.5, alpha=0.4)(z, y), naive_alpha(z, y, 0.5, 0.4), atol=1e-10)

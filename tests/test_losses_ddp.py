@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from repalign import distributed as rdist
 from repalign.losses import ContrastiveLoss, contrastive_loss
+from repalign.losses.functional import nscl_alpha_loss
 
 pytestmark = pytest.mark.ddp
 
@@ -36,7 +37,17 @@ CASES = [
     ("supcon_k2", "supcon", False, 2, 8, 5, 3),
     ("supcon_k3", "supcon", False, 3, 6, 4, 2),
     ("nscl_rank_local_single_class", "nscl", False, 2, 4, 3, "split"),  # each rank single-class, global not
+    ("nscl_alpha_0p3", "nscl_alpha", False, 2, 8, 5, 3),
+    ("nscl_alpha_0p8_k3", "nscl_alpha", False, 3, 6, 4, 2),
+    ("nscl_alpha_1_split", "nscl_alpha", False, 2, 4, 3, "split"),
+    ("nscl_alpha_0p5_single_class", "nscl_alpha", False, 2, 6, 4, 1),
 ]
+#: α of the nscl_alpha cases (issue 18: the α-family is gathered across ranks like the other kernels)
+ALPHA = {"nscl_alpha_0p3": 0.3, "nscl_alpha_0p8_k3": 0.8, "nscl_alpha_1_split": 1.0, "nscl_alpha_0p5_single_class": 0.5}
+
+
+def _kw(name):
+    return {"alpha": ALPHA[name]} if name in ALPHA else {}
 
 
 def _global_batch(K, B, d, C, seed):
@@ -62,7 +73,7 @@ def _worker(rank, world, port, out_dir):
             bl = B // world
             z_local = z[:, rank * bl : (rank + 1) * bl].clone().requires_grad_(True)
             y_local = None if labels is None else labels[rank * bl : (rank + 1) * bl]
-            loss = ContrastiveLoss(obj, TAU, include_positive=ip)(z_local, y_local)
+            loss = ContrastiveLoss(obj, TAU, include_positive=ip, **_kw(name))(z_local, y_local)
             loss.backward()
             results[name] = (loss.detach(), z_local.grad, rdist.all_reduce_mean(loss.detach()))
         # unequal local batch sizes must fail on every rank (not hang)
@@ -116,7 +127,8 @@ def test_ddp_matches_single_process(ddp_results, case):
     name, obj, ip, K, B, d, C = case
     z, labels = _global_batch(K, B, d, C, seed=CASES.index(case))
     z.requires_grad_(True)
-    ref = contrastive_loss(obj, z, labels, TAU, include_positive=ip)
+    ref = (nscl_alpha_loss(z, labels, TAU, ALPHA[name]) if name in ALPHA
+           else contrastive_loss(obj, z, labels, TAU, include_positive=ip))
     ref.backward()
 
     losses = torch.stack([ddp_results[r][name][0] for r in range(WORLD)])

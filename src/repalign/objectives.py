@@ -106,7 +106,7 @@ def _nscl_alpha(z: Any, labels: Any, temperature: float, alpha: Any = None, **_:
     return nscl_alpha_loss(z, labels, temperature, alpha)
 
 
-register_objective(Objective("nscl_alpha", _nscl_alpha,
+register_objective(Objective("nscl_alpha", _nscl_alpha, kernel="nscl_alpha",
                              description="α-family: same-class negatives weighted 1 − α (α=0: cl, α=1: nscl); "
                                          "loss.options.alpha"))
 
@@ -193,6 +193,11 @@ def make_loss(obj: Objective, settings: Mapping[str, Any]) -> Callable[[Any, Any
     if obj.kernel is not None:
         from repalign.losses import ContrastiveLoss
 
+        if obj.kernel == "nscl_alpha":  # the α-family: its weight from loss.options, gathered like the others
+            alpha = dict(settings.get("loss.options") or {}).get("alpha")
+            if alpha is None:
+                raise ConfigError("objective 'nscl_alpha': loss.options.alpha is required (a number in [0, 1])")
+            return ContrastiveLoss("nscl_alpha", tau, alpha=alpha)
         return ContrastiveLoss(obj.kernel, tau, include_positive=settings["loss.include_positive"])
     options = dict(settings.get("loss.options") or {})
     fn = obj.loss

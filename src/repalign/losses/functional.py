@@ -69,6 +69,7 @@ OBJECTIVES = {
     "cl": "dcl",
     "dcl": "dcl",
     "nscl": "nscl",
+    "nscl_alpha": "nscl_alpha",
     "scl": "supcon",
     "supcon": "supcon",
 }
@@ -183,11 +184,12 @@ def contrastive_per_anchor(
     temperature: float,
     include_positive: bool = False,
     anchor_range: Optional[Tuple[int, int]] = None,
+    alpha: Optional[float] = None,
 ) -> AnchorLosses:
     r"""Per-anchor contrastive losses of the anchors ``(i, l)``, ``start ≤ i < stop``, against all K·B views.
 
     Args:
-        objective: "ntxent", "cl"/"dcl", "nscl" or "scl"/"supcon".
+        objective: "ntxent", "cl"/"dcl", "nscl", "nscl_alpha" or "scl"/"supcon".
         z: ``[K, B, d]`` embeddings (normalised here). Candidates are always all K·B views.
         labels: ``[B]`` int64; required for "nscl" and "supcon", optional otherwise.
         temperature: τ > 0.
@@ -198,6 +200,7 @@ def contrastive_per_anchor(
         anchor_range: ``(start, stop)`` on the B axis selecting the anchor samples (default all).
             Used by :class:`repalign.losses.ContrastiveLoss` to compute only the local anchors of a
             rank against the globally gathered batch.
+        alpha: α ∈ [0, 1], required for (and only for) "nscl_alpha".
 
     Returns:
         :class:`AnchorLosses` ``(losses [K, stop-start], valid [K, stop-start], num_valid [])``.
@@ -208,6 +211,8 @@ def contrastive_per_anchor(
     * ntxent: ``ℓ_a = LSE_{c ≠ a} − mean_{l2≠l1} s(a, p)``
     * dcl:    ``ℓ_a = LSE_{(j,l3): j ≠ i} − mean_{l2≠l1} s(a, p)``
     * nscl:   ``ℓ_a = LSE_{(j,l3): y_j ≠ y_i} − mean_{l2≠l1} s(a, p)``
+    * nscl_alpha: ``ℓ_a = log(Σ_{j≠i, y_j≠y_i} Σ_l3 e^{s(a,c)} + (1−α) Σ_{j≠i, y_j=y_i} Σ_l3 e^{s(a,c)}) − mean s(a, p)``
+      (the weight enters as ``log(1 − α)`` added to the same-class logits; α = 0: dcl, α = 1: nscl)
     * dcl/nscl with ``include_positive``: ``ℓ_a = mean_{l2≠l1} [log(exp s(a,p) + Σ_{c∈D(a)} exp s(a,c)) − s(a,p)]``
       ``= mean_{l2≠l1} softplus(LSE_D − s(a, p))``
     * supcon: ``ℓ_a = LSE_{c ≠ a} − (1/|P(a)|) Σ_{b∈P(a)} s(a, b)``,
@@ -216,9 +221,15 @@ def contrastive_per_anchor(
     obj = canonical_objective(objective)
     tau = _check_temperature(temperature)
     K, B, d = _check_z(z)
-    labels = _check_labels(labels, B, z.device, required=obj in ("nscl", "supcon"))
-    if obj == "dcl" and B < 2:
-        raise ValueError(f"dcl needs B >= 2 samples (its denominator excludes the anchor's sample), got B={B}")
+    labels = _check_labels(labels, B, z.device, required=obj in ("nscl", "nscl_alpha", "supcon"))
+    if obj in ("dcl", "nscl_alpha") and B < 2:
+        raise ValueError(f"{obj} needs B >= 2 samples (its denominator excludes the anchor's sample), got B={B}")
+    if obj == "nscl_alpha":
+        a_w = _check_alpha(alpha)
+        if include_positive:
+            raise ValueError("nscl_alpha has no include_positive variant")
+    elif alpha is not None:
+        raise ValueError(f"alpha applies to objective 'nscl_alpha' only, got objective {objective!r}")
     if anchor_range is None:
         start, stop = 0, B
     else:
@@ -263,8 +274,15 @@ def contrastive_per_anchor(
         j = torch.arange(B, device=dev)
         if obj == "dcl":  # denominator: j != i (B >= 2, never empty)
             den = j[None, :] != torch.arange(start, stop, device=dev)[:, None]  # [Ba, B]
-        else:  # nscl: y_j != y_i
+        elif obj == "nscl":  # nscl: y_j != y_i
             den = labels[start:stop, None] != labels[None, :]  # [Ba, B]
+        else:  # nscl_alpha: j != i, same-class candidates weighted 1 − α (left out at α = 1)
+            den = j[None, :] != torch.arange(start, stop, device=dev)[:, None]  # [Ba, B]
+            same = labels[start:stop, None] == labels[None, :]
+            if a_w == 1.0:
+                den = den & ~same
+            elif a_w > 0.0:  # + log(1 − α) on same-class logits, in place like the mask below
+                sim4.add_((same.to(sim4.dtype) * math.log1p(-a_w))[None, :, None, :])  # in sim's precision
         nonempty_s = den.any(dim=1)  # [Ba]
         # Empty rows get a finite dummy reduction (over all entries) whose value and gradient are
         # discarded by the torch.where below. (logsumexp of an all -inf row is -inf with a NaN local
@@ -285,7 +303,7 @@ def contrastive_per_anchor(
         per = torch.where(nonempty, lse - s_pos.mean(dim=1), 0.0)
         valid = nonempty
 
-    if obj == "nscl" and not include_positive:
+    if (obj == "nscl" and not include_positive) or (obj == "nscl_alpha" and a_w == 1.0):
         # empty iff the whole (global) batch is single-class → all-or-nothing
         multi_class = (labels != labels[0]).any()
         num_valid = torch.where(multi_class, K * B, 0).to(torch.long)
@@ -388,35 +406,10 @@ def nscl_alpha_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float, a
     averaged over the K·B anchors (the normalisation of :func:`dcl_loss`). The weight enters as
     ``log(1 − α)`` in a log-sum-exp over the DCL candidates (``-inf`` at α = 1, where the
     denominator is NSCL's). At α = 1 a single-class batch has empty denominators and the loss is 0
-    (graph-connected), as for :func:`nscl_loss`. No ``include_positive`` variant.
+    (graph-connected), as for :func:`nscl_loss`. No ``include_positive`` variant. Computed by
+    :func:`contrastive_per_anchor` (so :class:`~repalign.losses.ContrastiveLoss` gathers it across ranks).
     """
-    tau = _check_temperature(temperature)
-    a = _check_alpha(alpha)
-    K, B, d = _check_z(z)
-    labels = _check_labels(labels, B, z.device, required=True)
-    if B < 2:
-        raise ValueError(f"nscl_alpha needs B >= 2 samples (its denominator excludes the anchor's sample), got B={B}")
-    dev = z.device
-    zn = F.normalize(z.to(_compute_dtype(z)), dim=-1)  # [K, B, d]
-    zf = zn.reshape(K * B, d)
-    za = zf / tau
-    sim4 = (za @ zf.T).view(K, B, K, B)  # [l1, i, l3, j]
-    i = torch.arange(B, device=dev)
-    same = labels[:, None] == labels[None, :]  # [B, B]
-    other_sample = i[:, None] != i[None, :]
-    logw = torch.zeros(B, B, dtype=sim4.dtype, device=dev)
-    logw = logw.masked_fill(same & other_sample, math.log1p(-a) if a < 1.0 else float("-inf"))
-    logw = logw.masked_fill(~other_sample, float("-inf"))
-    nonempty = torch.isfinite(logw).any(dim=1)  # [B]; False only at α = 1 on a single-class batch
-    logw = torch.where(nonempty[:, None], logw, torch.zeros_like(logw))  # finite dummy, discarded below
-    lse = torch.logsumexp((sim4 + logw[None, :, None, :]).reshape(K * B, K * B), dim=1).view(K, B)
-    views = torch.arange(K, device=dev)
-    pos = sim4[:, i, :, i]  # [B, l1, l3] = s((i,l1), (i,l3))
-    offdiag = (views[:, None] != views[None, :]).to(sim4.dtype)
-    s_pos = (pos * offdiag).sum(dim=2) / max(K - 1, 1)  # [B, K]; K >= 2 by _check_z
-    per = torch.where(nonempty[None, :], lse - s_pos.T, torch.zeros_like(lse))
-    n_valid = K * B if bool(nonempty.all()) else 0
-    return per.sum() / max(n_valid, 1)
+    return _mean_over_valid(contrastive_per_anchor("nscl_alpha", z, labels, temperature, alpha=alpha))
 
 
 def loss_gap_bound_alpha(labels: torch.Tensor, temperature: float, alpha: float) -> float:

@@ -30,10 +30,11 @@ from torch import nn
 
 from .. import distributed as rdist
 from .functional import (
+    _check_alpha,
     _check_temperature,
+    _mean_over_valid,
     canonical_objective,
     ce_loss,
-    contrastive_loss,
     contrastive_per_anchor,
 )
 
@@ -44,7 +45,7 @@ class ContrastiveLoss(nn.Module):
     """Contrastive loss module: ``forward(z [K, B_local, d], labels [B_local] | None) -> scalar``.
 
     Args:
-        objective: "ntxent", "cl"/"dcl", "nscl" or "scl"/"supcon".
+        objective: "ntxent", "cl"/"dcl", "nscl", "nscl_alpha" or "scl"/"supcon".
         temperature: τ > 0.
         include_positive: keep the positive in the denominator (affects "dcl"/"nscl" only).
         gather_distributed: under ``torch.distributed`` with world size > 1, use the negatives of
@@ -57,10 +58,15 @@ class ContrastiveLoss(nn.Module):
         temperature: float,
         include_positive: bool = False,
         gather_distributed: bool = True,
+        alpha: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.objective = canonical_objective(objective)
         self.temperature = _check_temperature(temperature)
+        if (self.objective == "nscl_alpha") != (alpha is not None):
+            raise ValueError("alpha is required for objective 'nscl_alpha' and applies to it only, got "
+                             f"objective {objective!r}, alpha {alpha!r}")
+        self.alpha = None if alpha is None else _check_alpha(alpha)
         if not isinstance(include_positive, bool):
             raise ValueError(f"include_positive must be a bool, got {include_positive!r}")
         if not isinstance(gather_distributed, bool):
@@ -72,14 +78,15 @@ class ContrastiveLoss(nn.Module):
         return (
             f"objective={self.objective!r}, temperature={self.temperature}, "
             f"include_positive={self.include_positive}, gather_distributed={self.gather_distributed}"
+            + (f", alpha={self.alpha}" if self.alpha is not None else "")
         )
 
     def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         world = rdist.world_size() if self.gather_distributed else 1
         if world == 1:
-            return contrastive_loss(
-                self.objective, z, labels, self.temperature, include_positive=self.include_positive
-            )
+            return _mean_over_valid(contrastive_per_anchor(
+                self.objective, z, labels, self.temperature, include_positive=self.include_positive, alpha=self.alpha
+            ))
         if not isinstance(z, torch.Tensor) or z.dim() != 3:
             raise ValueError(
                 f"z must be a tensor of shape [K, B_local, d], got "
@@ -108,6 +115,7 @@ class ContrastiveLoss(nn.Module):
             self.temperature,
             include_positive=self.include_positive,
             anchor_range=(r * B_local, (r + 1) * B_local),
+            alpha=self.alpha,
         )
         return res.losses.sum() * world / res.num_valid.clamp_min(1).to(res.losses.dtype)
 
