@@ -175,3 +175,16 @@ def test_permuted_labels_give_bitwise_the_same_nscl_loss():
     assert torch.equal(nscl_loss(z, y, 0.5), nscl_loss(z, perm[y], 0.5))
     assert torch.equal(nscl_alpha_loss(z, y, 0.5, 0.3), nscl_alpha_loss(z, perm[y], 0.5, 0.3))
     assert math.isfinite(float(nscl_loss(z, y, 0.5)))
+
+
+def test_bundled_cifar100_coarse_map():
+    """``repalign:cifar100_coarse``: 100 fine classes → 20 superclasses of 5 (the dataset's coarse labels);
+    spot checks against the published hierarchy; an unknown bundled name is one line naming the bundled ones."""
+    lut = load_label_map("repalign:cifar100_coarse", 100)
+    assert torch.bincount(lut).tolist() == [5] * 20
+    # beaver 4, dolphin 30, otter 55, seal 72, whale 95 are the aquatic mammals (superclass 0)
+    assert [int(lut[i]) for i in (4, 30, 55, 72, 95)] == [0] * 5
+    assert (lut == 0).nonzero().flatten().tolist() == [4, 30, 55, 72, 95]
+    assert int(lut[0]) == 4 and int(lut[1]) == 1 and int(lut[8]) == 18  # apple: fruit/veg, aquarium fish, bicycle
+    with pytest.raises(ConfigError, match="no bundled label map 'repalign:nope' \\(bundled: repalign:cifar100_coarse"):
+        load_label_map("repalign:nope", 100, "arms.x.label_map")

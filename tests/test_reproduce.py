@@ -132,7 +132,7 @@ PLANS = {
     ("granularity", "cpu"): ("runs/strokes", "seed", "cl nscl_k2 nscl_k5 nscl_k10 nscl_k25 nscl_k50 nscl cl_eps cl_data",
                              "num_classes"),
     ("granularity", "paper"): ("cifar100/cifar100", "seed",
-                               "cl nscl_k2 nscl_k5 nscl_k10 nscl_k20 nscl_k50 nscl cl_eps cl_data", ""),
+                               "cl nscl_k2 nscl_k5 nscl_k10 nscl_k25 nscl_k50 nscl nscl_super20 cl_eps cl_data", ""),
     **{("alpha", s): ({"paper": "cifar100/cifar100"}.get(s, "runs/" + ("digits" if s == "tiny" else "strokes")), "seed",
                       "cl alpha_0 alpha_0p25 alpha_0p5 alpha_0p75 alpha_1 cl_eps cl_data", "") for s in ("tiny", "cpu", "paper")},
 }

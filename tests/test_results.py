@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from repalign.errors import RunDirError
 from repalign.results import (DONE, is_run_dir, last_steps, latest_rows, load_sweep_state, parse_cell, point_status,
                               read_config, read_meta, read_rows, read_summary, rows_at_last_step)
 
@@ -32,13 +35,18 @@ def test_last_steps_and_rows_at_last_step():
 def test_run_directory_readers(tmp_path):
     assert read_rows(tmp_path) == [] and read_config(tmp_path) == {} and read_meta(tmp_path) == {}
     assert not is_run_dir(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS) + '{"kind": "tr')
+    rows = [r for r in ROWS if r["v"] != 4]  # a run's rows: (kind, step, pair) unique
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tr')
     (tmp_path / "config.yaml").write_text("seed: 3\n")
     (tmp_path / "meta.json").write_text('{"num_classes": 10}')
     assert is_run_dir(tmp_path)
-    assert read_rows(tmp_path) == ROWS  # the torn last line is dropped
+    assert read_rows(tmp_path) == rows  # the torn last line is dropped
     assert read_rows(tmp_path, "train") == []
     assert read_config(tmp_path) == {"seed": 3} and read_meta(tmp_path) == {"num_classes": 10}
+    # two rows of one identity with different values (v = 3, 4 at step 10): refused, one line (issue 17)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl: two rows with the same identity .*'step': 10"):
+        read_rows(tmp_path)
 
 
 def test_sweep_directory_readers(tmp_path):

@@ -212,11 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _describe_oserror(e: OSError) -> str:
+#: What to do after freeing space, per command (only train has --resume; issue 17).
+AFTER_DISK_FULL = {
+    "train": "continue with --resume",
+    "sweep": "run the same repalign sweep again (finished points are kept, the others resume)",
+    "reproduce": "run the same repalign reproduce again (finished sweep points are kept)",
+    "report": "run repalign report again (the previous report was kept)",
+    "align": "run repalign align again",
+    "export": "run repalign export again",
+    "compare": "run repalign compare again",
+}
+
+
+def _describe_oserror(e: OSError, command: str | None = None) -> str:
     what = f"{e.strerror or e}"
     where = f" {e.filename!s}" if e.filename else ""
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return f"no space left writing{where} ({what}); free space, then continue with --resume"
+        where = where or " (the file was not named)"
+        return f"no space left writing{where} ({what}); free space, then " + AFTER_DISK_FULL.get(
+            command or "", "run the command again")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write{where}: {what} (is the run directory read-only?)"
     return f"{what}:{where}" if where else what
@@ -251,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"repalign: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a read-only or full run directory, a file that vanished
-        print(f"repalign: error: {_describe_oserror(e)}", file=sys.stderr)
+        print(f"repalign: error: {_describe_oserror(e, getattr(args, 'command', None))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as e:  # SIGTERM / SIGUSR1 (before KeyboardInterrupt, its base class)
         print(f"repalign: {e}", file=sys.stderr)

@@ -90,6 +90,15 @@ def one_line(e: BaseException) -> str:
     text = str(e).strip()
     lines = [x for x in text.splitlines() if x.strip()]
     if not lines:
+def name_file(e: OSError, path: object) -> OSError:
+    """``e`` with ``path`` as its file name when it names none (``f.write`` on a full disk raises
+    ``OSError(ENOSPC)`` without one) or only a fault-injection place (``<fault …>``), so the one-line
+    message names the file being written. Returns ``e`` (re-raise it)."""
+    if not e.filename or str(e.filename).startswith("<fault"):
+        e.filename = str(path)
+    return e
+
+
         return type(e).__name__
     if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         last = lines[-1]

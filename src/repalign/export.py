@@ -84,15 +84,36 @@ def export_encoder(run_dir: str | Path, arm: str, epoch: int | None = None, fmt:
     """Write the arm's encoder weights (``.pt`` or ``.safetensors``) and ``<name>.json``; return the weights path.
 
     Imports none of the run's objectives or sources; a plug-in encoder is rebuilt (for its feature
-    dimension) only with ``trust_code=True`` or ``REPALIGN_TRUST_CODE=1`` (:mod:`repalign.plugins`)."""
-    from repalign.plugins import guard
-
+    dimension) only with ``trust_code=True`` or ``REPALIGN_TRUST_CODE=1`` (:mod:`repalign.plugins`).
+    Writing inside the run directory (the default ``RUN_DIR/export/``) takes the run directory's lock
+    (:class:`~repalign.training.lock.RunLock`: one writer; a run being trained is refused, exit 4);
+    ``out`` elsewhere only reads the run, which may then be read-only."""
     run_dir = Path(run_dir)
     if fmt not in ("pt", "safetensors"):
         raise UserError(f"--format: must be pt or safetensors, got {fmt!r}")
     cfg, a, meta = _arm_cfg(run_dir, arm)
     mcfg = with_objects(run_dir, arm, a.model_cfg(cfg["model"]), encoder, "repalign.export_encoder")
     _check_trust(run_dir, mcfg, trust_code, "repalign export")
+    inside = out is None or _is_inside(Path(out), run_dir)
+    if not inside:
+        return _export(run_dir, arm, epoch, fmt, out, trust_code, cfg, a, meta, mcfg)
+    from repalign.training.lock import RunLock
+
+    with RunLock(run_dir):
+        return _export(run_dir, arm, epoch, fmt, out, trust_code, cfg, a, meta, mcfg)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    import os
+
+    p, f = os.path.realpath(path.expanduser()), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _export(run_dir: Path, arm: str, epoch: int | None, fmt: str, out: str | Path | None, trust_code: bool | None,
+            cfg: Mapping[str, Any], a: Any, meta: Mapping[str, Any], mcfg: dict[str, Any]) -> Path:
+    from repalign.plugins import guard
+
     module_state, ep, step = _module_state(run_dir, arm, epoch)
     enc, prefix = encoder_state(module_state)
     name = mcfg["encoder"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -70,7 +69,8 @@ def file_sha256(path: str | Path) -> str | None:
 def reference_file(ref: Any) -> Path | None:
     """The file a plug-in reference names, found without importing anything: ``path/file.py:name`` →
     that file; ``package.module:name`` → ``<entry>/package/module.py`` (or ``…/module/__init__.py``) for
-    the first absolute ``sys.path`` entry holding it (never the current directory). Built-in names and
+    the first absolute ``sys.path`` entry holding it (never the current directory, neither as ``''`` nor as
+    an absolute entry: :func:`repalign.plugins.safe_sys_path`). Built-in names and
     adapters (``torchvision:``, ``timm:``, ``hf:``, ``python:``) → ``None``."""
     if not isinstance(ref, str) or ":" not in ref or ref.startswith(":") or ref.endswith(":"):
         return None
@@ -79,10 +79,10 @@ def reference_file(ref: Any) -> Path | None:
         return None
     if target.endswith(".py") or "/" in target:
         return Path(target).expanduser()
+    # the import path plug-ins resolve on: never the cwd, also not as an absolute entry (``python -m``)
+    from repalign.plugins import safe_sys_path
     parts = target.split(".")
-    for entry in sys.path:
-        if not entry or entry == "." or not Path(entry).is_absolute():
-            continue
+    for entry in safe_sys_path():
         base = Path(entry).joinpath(*parts)
         for cand in (base.with_name(base.name + ".py"), base / "__init__.py"):
             if cand.is_file():
@@ -125,7 +125,12 @@ def _arm_entries(cfg_flat: Mapping[str, Any], arms_raw: Mapping[str, Any]) -> di
             if getattr(arm, k) is not None:
                 out[f"arms.{arm.name}.{k}"] = getattr(arm, k)
         if arm.label_map is not None:  # the file's content, not only its name (issue 18)
-            h = file_sha256(arm.label_map)
+            from repalign.data.label_groups import resolve_label_map
+
+            try:
+                h = file_sha256(resolve_label_map(arm.label_map))
+            except ValueError:  # an unknown bundled name: the trainer refuses it in one line
+                h = None
             out[f"arms.{arm.name}.label_map#sha256"] = f"sha256:{h}" if h else "(file missing)"
         for dotted, v in arm.overrides.items():
             if dotted in cfg_flat and _canon(cfg_flat[dotted]) == _canon(v):

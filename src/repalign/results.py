@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, TypeVar
 
-__all__ = ["DONE", "read_rows", "read_config", "read_meta", "is_run_dir", "point_status", "load_sweep_state",
+__all__ = ["DONE", "ROW_IDENTITY", "row_identity", "read_rows", "read_config", "read_meta", "is_run_dir", "point_status", "load_sweep_state",
            "read_summary", "parse_cell", "latest_rows", "last_steps", "rows_at_last_step"]
 
 #: marker file of a finished sweep point (``points/<slug>/DONE``)
@@ -42,11 +42,16 @@ def read_rows(run_dir: str | Path, kind: str | None = None) -> list[dict[str, An
     """Rows of ``RUN_DIR/metrics.jsonl`` in file order (only ``kind`` rows when given); ``[]`` when the
     file does not exist.
 
-    Row identity: a row repeated exactly (same kind, step, arm/pair, split, layer, metric and value —
-    a metrics.jsonl appended to itself by a bad merge or restore) is read once, and one warning names
-    the run and the first duplicated row, so a duplicate never counts as a second seed or sample."""
+    Row identity (:data:`ROW_IDENTITY`: kind, step, arm / pair, baseline, split, layer, metric, …) is
+    unique in a run: a row repeated exactly (a metrics.jsonl appended to itself by a bad merge or
+    restore) is read once, and one warning names the run and the first duplicated row, so a duplicate
+    never counts as a second seed or sample; two rows with the same identity but different values
+    (two runs' files merged into one) are refused — :class:`~repalign.errors.RunDirError` naming the
+    run and the first conflicting row (exit 2). ``event`` rows (messages, e.g. "resumed from …") are
+    not results: never checked for conflicts, and read once without a warning when repeated exactly."""
     import warnings
 
+    from repalign.errors import RunDirError
     from repalign.training.rundir import read_metrics
 
     p = Path(run_dir) / "metrics.jsonl"
@@ -54,21 +59,43 @@ def read_rows(run_dir: str | Path, kind: str | None = None) -> list[dict[str, An
         return []
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    by_id: dict[str, dict[str, Any]] = {}
     first_dup: dict[str, Any] | None = None
     n_dup = 0
     for r in read_metrics(p, kind):
         key = json.dumps(r, sort_keys=True, default=str)
         if key in seen:
-            n_dup += 1
-            first_dup = first_dup or r
+            if r.get("kind") != "event":  # the same event twice (two resumes at one step): no warning
+                n_dup += 1
+                first_dup = first_dup or r
             continue
         seen.add(key)
+        if r.get("kind") != "event":
+            ident = row_identity(r)
+            ik = json.dumps(ident, sort_keys=True, default=str)
+            other = by_id.setdefault(ik, r)
+            if other is not r:
+                diff = sorted(k for k in set(r) | set(other) if _canon(r.get(k)) != _canon(other.get(k)))
+                raise RunDirError(f"{p}: two rows with the same identity {ident} hold different values "
+                                  f"({', '.join(diff[:4])}{' …' if len(diff) > 4 else ''}): results of two runs "
+                                  "merged into one file? Each run's rows must be unique; split the file or re-run")
         rows.append(r)
     if first_dup is not None:
-        ident = {k: first_dup[k] for k in ("kind", "step", "arm", "pair", "split", "layer", "metric")
-                 if k in first_dup}
-        warnings.warn(f"{p}: {n_dup} exact duplicate row(s) dropped (first: {ident})", stacklevel=2)
+        warnings.warn(f"{p}: {n_dup} exact duplicate row(s) dropped (first: {row_identity(first_dup)})", stacklevel=2)
     return rows
+
+
+#: The columns that identify a ``metrics.jsonl`` row (those a row has): no two rows of a run share them.
+ROW_IDENTITY = ("kind", "step", "arm", "arm_a", "arm_b", "pair", "baseline", "embeddings", "split", "layer", "metric")
+
+
+def row_identity(row: Row) -> dict[str, Any]:
+    """``{column: value}`` of the :data:`ROW_IDENTITY` columns ``row`` has."""
+    return {k: row[k] for k in ROW_IDENTITY if k in row}
+
+
+def _canon(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

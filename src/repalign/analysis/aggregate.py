@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from repalign.analysis.stats import paired_difference, summarize, verdict
 from repalign.errors import UserError
 from repalign.results import last_steps
 from repalign.schema import CONTROL_KINDS, setting_columns
 
-__all__ = ["AGG_ID", "FINGERPRINT", "MixedConfigError", "check_one_config", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
+__all__ = ["AGG_ID", "FINGERPRINT", "MixedConfigError", "SeedConflictError", "put_seed", "check_one_config", "aggregate_rows", "comparison_rows", "pair_values", "final_step", "CONTROL_KINDS"]
 
 #: Column of summary rows holding the point's config fingerprint without its seed (issue 17).
 FINGERPRINT = "config_fingerprint"
@@ -51,6 +51,23 @@ def check_one_config(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str
                                    "the stale points (repalign sweep … --redo-stale) or aggregate them apart")
 
 
+class SeedConflictError(UserError):
+    """One seed holds two different values in one cell: rows of two runs with the same seed are pooled."""
+
+
+def put_seed(cell: dict[Any, float], seed: Any, v: float, where: str | Callable[[], str]) -> None:
+    """``cell[seed] = v`` — ``n`` counts seeds, never rows: the same value again (a duplicated run) is
+    counted once, a different value for a seed already there is refused (one line naming ``where`` and
+    the seed; :class:`SeedConflictError`), never silently replaced."""
+    old = cell.get(seed)
+    if old is not None and old != v and not (old != old and v != v):
+        where = where() if callable(where) else where
+        raise SeedConflictError(f"{where}: seed {seed!r} has two different values ({old:.6g} and {v:.6g}) — rows "
+                                "of two runs with the same seed are pooled, and n counts seeds, not rows; give "
+                                "the runs distinct seeds or aggregate them apart")
+    cell[seed] = v
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -79,7 +96,7 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
             order.append(key)
         for m, v in r.items():
             if m not in not_metrics and m not in group_keys and _num(v):
-                cells[key][m][_seed(r)] = float(v)
+                put_seed(cells[key][m], _seed(r), float(v), lambda: _where("aggregate", group_keys, key, m))
     out = []
     for key in order:
         for m, by_seed in cells[key].items():
@@ -87,6 +104,11 @@ def aggregate_rows(rows: Iterable[Mapping[str, Any]], group_keys: Sequence[str] 
             out.append({**dict(zip(list(group_keys) + list(AGG_ID), key)), "metric": m, "n": s.n, "mean": s.mean,
                         "std": s.std, "ci_lo": s.lo, "ci_hi": s.hi, "level": level, "method": s.method})
     return out
+
+
+def _where(what: str, group_keys: Sequence[str], key: tuple, metric: str) -> str:
+    ident = dict(zip(list(group_keys) + list(AGG_ID), key))
+    return f"{what}: " + ", ".join(f"{k}={v}" for k, v in ident.items() if v is not None) + f", metric {metric}"
 
 
 def final_step(rows: Iterable[Mapping[str, Any]]) -> dict[Any, int]:
@@ -113,11 +135,13 @@ def pair_values(rows: Iterable[Mapping[str, Any]], metric: str, split: str, laye
     for r in rows:
         if not at(r) or not _num(r.get(metric)):
             continue
+        where = lambda: (f"{metric} of {r.get('arm_a', 'untrained')}/{r.get('arm_b', 'untrained')} at step "  # noqa: E731
+                         f"{r.get('step')} ({split}, layer {layer})")
         if r.get("kind") == "align":
-            vals[(r["arm_a"], r["arm_b"])][_seed(r)] = float(r[metric])
+            put_seed(vals[(r["arm_a"], r["arm_b"])], _seed(r), float(r[metric]), where)
             ctrl[(r["arm_a"], r["arm_b"])] = r.get("control") or None
         elif r.get("kind") == "baseline" and r.get("baseline") == "untrained":
-            base[_seed(r)] = float(r[metric])
+            put_seed(base, _seed(r), float(r[metric]), where)
     return dict(vals), base, ctrl
 
 

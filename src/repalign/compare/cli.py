@@ -45,6 +45,10 @@ def register(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the class subset, bootstrap and re-initialisation")
     c.add_argument("--out", default="compare_out", help="output directory (default ./compare_out)")
     c.add_argument("--no-progress", action="store_true", help="no progress output")
+    c.add_argument("--trust-code", action="store_true",
+                   help="import the plug-in encoder (a file or module reference) that a RUN_DIR:ARM's config.yaml or an "
+                        "export's JSON names, to rebuild it; same as REPALIGN_TRUST_CODE=1. Built-in, torchvision: and "
+                        "timm: encoders need no consent. Only for runs and exports you trust")
     c.set_defaults(func=cmd_compare)
 
 
@@ -77,11 +81,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             return tf(src[i]), src.labels[i]
 
-    ma, da = load_model(args.model_a, src.channels, args.weights_a, "--weights-a")
+    trust = getattr(args, "trust_code", False)
+    ma, da = load_model(args.model_a, src.channels, args.weights_a, "--weights-a", trust_code=trust)
     if args.model_b == args.model_a and args.weights_b == args.weights_a:
         mb, db = ma, da
     else:
-        mb, db = load_model(args.model_b, src.channels, args.weights_b, "--weights-b")
+        mb, db = load_model(args.model_b, src.channels, args.weights_b, "--weights-b", trust_code=trust)
     loader = torch.utils.data.DataLoader(_Eval(), batch_size=args.batch_size, shuffle=False)
     try:
         res = compare(ma, mb, loader, layers_a=_layers(args.layers_a), layers_b=_layers(args.layers_b),

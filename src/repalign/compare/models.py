@@ -95,8 +95,9 @@ def _hub(spec: str, channels: int, weights: str | None, flag: str) -> nn.Module:
     return model
 
 
-def _export(path: Path) -> nn.Module:
+def _export(path: Path, trust_code: bool | None = None) -> nn.Module:
     from repalign.export import FORMAT, _build
+    from repalign.plugins import guard, require_trust
 
     if path.is_dir():
         descs = [p for p in sorted(path.glob("*.json")) if _is_export(p, FORMAT)]
@@ -105,7 +106,10 @@ def _export(path: Path) -> nn.Module:
                             f"{len(descs)}{': ' + ', '.join(p.name for p in descs) if descs else ''}; pass the .json")
         path = descs[0]
     desc = json.loads(path.read_text())
-    enc = _build(desc["model"], int(desc["channels"]), int(desc["image_size"]))
+    # an export received from someone else: its JSON may name a plug-in encoder, rebuilt only with consent
+    require_trust([("model.encoder", desc["model"].get("encoder"))], trust_code, "repalign compare", path)
+    with guard(path.parent, trust_code, "repalign compare"):
+        enc = _build(desc["model"], int(desc["channels"]), int(desc["image_size"]))
     sd = load_state_dict_file(path.parent / desc["weights"], str(path))
     extra = desc.get("prefix", "net.encoder.")[len("net.encoder."):]
     return _load_into(enc, {extra + k: v for k, v in sd.items()}, str(path), str(path.parent / desc["weights"])).eval()
@@ -118,8 +122,11 @@ def _is_export(p: Path, fmt: str) -> bool:
         return False
 
 
-def load_model(spec: str, channels: int, weights: str | None = None, flag: str = "--weights-a") -> tuple[nn.Module, str]:
-    """(model, one-line description) of a CLI model spec (module docstring)."""
+def load_model(spec: str, channels: int, weights: str | None = None, flag: str = "--weights-a",
+               trust_code: bool | None = None) -> tuple[nn.Module, str]:
+    """(model, one-line description) of a CLI model spec (module docstring). A plug-in encoder named by a
+    run's config.yaml or an export's JSON is rebuilt only with ``trust_code`` (``--trust-code``) or
+    ``REPALIGN_TRUST_CODE=1`` (:mod:`repalign.plugins`); else one line names the key and the flag."""
     if spec.startswith(("torchvision:", "timm:")):
         m = _hub(spec, channels, weights, flag)
         return m, f"{spec} ({'weights ' + str(weights) if weights else 'random initialisation: no weights given'})"
@@ -129,7 +136,7 @@ def load_model(spec: str, channels: int, weights: str | None = None, flag: str =
     if p.suffix == ".json" or (p.is_dir() and not (p / "config.yaml").is_file()):
         if not p.exists():
             raise UserError(f"model {spec!r}: no such export folder or file")
-        return _export(p), f"export {spec}"
+        return _export(p, trust_code), f"export {spec}"
     if ":" in spec:
         run, arm = spec.rsplit(":", 1)
         epoch = None
@@ -142,5 +149,5 @@ def load_model(spec: str, channels: int, weights: str | None = None, flag: str =
             raise UserError(f"model {spec!r}: {run!r} is not a run directory (no config.yaml)")
         from repalign.export import load_encoder
 
-        return load_encoder(run, arm, epoch), f"run {run}, arm {arm}" + (f", epoch {epoch}" if epoch is not None else ", last checkpoint")
+        return load_encoder(run, arm, epoch, trust_code=trust_code), f"run {run}, arm {arm}" + (f", epoch {epoch}" if epoch is not None else ", last checkpoint")
     raise UserError(f"model {spec!r}: expected RUN_DIR:ARM[@EPOCH], an export folder, torchvision:NAME or timm:NAME")

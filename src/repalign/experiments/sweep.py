@@ -741,12 +741,18 @@ def write_summary(out: str | Path, points: Sequence[Point] | None = None, grid_k
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(cols), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _cell(r.get(k)) for k in cols})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(cols), extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _cell(r.get(k)) for k in cols})
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk: the one line names the CSV being written
+        from repalign.errors import name_file
+
+        tmp.unlink(missing_ok=True)
+        raise name_file(e, path)
 
 
 def write_aggregates(out: Path, rows: Sequence[Mapping[str, Any]], group_keys: Sequence[str]) -> tuple[Path, Path]:

@@ -132,11 +132,22 @@ class Verdict:
     stage: str = ""
 
 
+#: Columns of a figure CSV that tell its conditions apart (the seeds of one are pooled): a condition whose rows
+#: carry more than one ``config_fingerprint`` is refused, as aggregate/report do (issue 17).
+CONDITION_COLUMNS = ("dataset", "tau", "num_classes", "batch_size", "lr_rule", "optimizer", "label_groups", "alpha")
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a figure CSV with numbers parsed (empty cells → ``None``); ``[]`` if the file is missing."""
+    """Rows of a figure CSV with numbers parsed (empty cells → ``None``); ``[]`` if the file is missing.
+    Rows of one condition (:data:`CONDITION_COLUMNS`) from different configs (``config_fingerprint``
+    column, where present) are refused: one line, :class:`~repalign.analysis.aggregate.MixedConfigError`."""
     if not path.exists():
         return []
-    return read_summary(path)
+    from repalign.analysis.aggregate import check_one_config
+
+    rows = read_summary(path)
+    check_one_config(rows, [c for c in CONDITION_COLUMNS if rows and c in rows[0]], f"verdicts {str(path)!r}")
+    return rows
 
 
 def judge(diffs: Sequence[Summary | None]) -> tuple[str, str]:
@@ -791,7 +802,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep or not fig or not d:
             ap.error(f"--follow-up expects FIG=DIR, got {item!r}")
         follow[fig] = Path(d)
-    text = markdown(verdicts(Path(args.runs), follow))
+    from repalign.errors import UserError, one_line
+
+    try:
+        text = markdown(verdicts(Path(args.runs), follow))
+    except UserError as e:  # e.g. a condition mixing configurations: one line, exit 2
+        import sys
+
+        print(f"repalign: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     if args.md:
         from repalign.training.checkpoint import write_atomic
 

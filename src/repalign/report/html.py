@@ -477,7 +477,9 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     fin = []
     last_step = last_steps((r for r in align if r.get("kind") == "align"),
                            key=lambda r: tuple(r.get(c) for c in varying) + (r.get("seed"),))
-    cells: dict[tuple, list[float]] = {}
+    from repalign.analysis.aggregate import put_seed
+
+    cells: dict[tuple, dict[Any, float]] = {}  # per cell {seed: value}: n counts seeds, never rows
     for r in align:
         if r.get("split") != "test" or r.get("layer", "h") != "h" or r.get("linear_cka") is None:
             continue
@@ -485,10 +487,12 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             continue
         pair = f"{r['arm_a']} vs {r['arm_b']}" if r.get("kind") == "align" else "untrained baseline"
         role = (CONTROL_LABEL.get(r.get("control"), "objective") if r.get("kind") == "align" else "reference")
-        cells.setdefault(tuple(r.get(c) for c in varying) + (pair, role), []).append(float(r["linear_cka"]))
+        k = tuple(r.get(c) for c in varying) + (pair, role)
+        put_seed(cells.setdefault(k, {}), r.get("seed"), float(r["linear_cka"]),
+                 f"report {str(d)!r}: final linear CKA of {', '.join(map(str, k))}")
     clipped_any = False
-    for k, v in cells.items():
-        sm = summarize(v)
+    for k, by_seed in cells.items():
+        sm = summarize(list(by_seed.values()))
         lo, hi, clipped = plots.clip_interval("linear_cka", sm.lo, sm.hi)
         clipped_any |= clipped
         txt = (f"{sm.mean:.3f} [{lo:.3f}, {hi:.3f}]†" if clipped else sm.text())

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
+from repalign.errors import name_file
 from repalign.faults import fault_point
 
 FORMAT = "repalign-checkpoint-v2"
@@ -118,6 +119,9 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise name_file(e, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -160,6 +164,9 @@ def save_checkpoint(obj: Any, path: str | Path, keep_previous: bool = True) -> P
             # an older version was killed between its two renames: this sidecar is .prev's
             os.replace(_sidecar(path), _sidecar(prev))
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: the one line names the checkpoint being written
+        tmp.unlink(missing_ok=True)
+        raise name_file(e, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

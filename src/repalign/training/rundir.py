@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
-from repalign.errors import RunDirError
+from repalign.errors import RunDirError, name_file
 from repalign.faults import fault_point
 from repalign.training.lock import RunLock
 
@@ -131,7 +131,10 @@ class RunDir:
             from repalign.fingerprint import record
 
             self._fingerprint = record(cfg)
-            (self.path / "config.yaml").write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
+            try:
+                (self.path / "config.yaml").write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
+            except OSError as e:
+                raise name_file(e, self.path / "config.yaml")
 
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load((self.path / "config.yaml").read_text())
@@ -144,23 +147,55 @@ class RunDir:
                 "pid": os.getpid(), **extra}
         if getattr(self, "_fingerprint", None) is not None and "config_fingerprint" not in meta:
             meta["config_fingerprint"] = self._fingerprint
-        (self.path / "meta.json").write_text(json.dumps(_clean(meta), indent=2))
+        try:
+            (self.path / "meta.json").write_text(json.dumps(_clean(meta), indent=2))
+        except OSError as e:
+            raise name_file(e, self.path / "meta.json")
 
     def read_meta(self) -> dict[str, Any]:
         return json.loads((self.path / "meta.json").read_text())
+
+    def recreate_meta(self, meta: Callable[[], Mapping[str, Any]], checkpoint: Path, step: int,
+                      stored: Any = None) -> bool:
+        """On ``--resume``: write a missing ``meta.json`` again (else the run stays unexportable), from
+        ``meta()`` (the trainer's provenance, rebuilt from ``config.yaml``) and the fingerprint of
+        ``config.yaml`` recomputed now — checked against ``stored``, the fingerprint the checkpoint holds
+        if it holds one (``state["config_fingerprint"]``; a mismatch: :class:`~repalign.errors.RunDirError`).
+        One warning on stderr says so. Returns whether it wrote one."""
+        p = self.path / "meta.json"
+        if not self.write or p.exists():
+            return False
+        from repalign.fingerprint import record
+
+        fp = record(self.read_config())
+        if isinstance(stored, Mapping):
+            stored = stored.get("sha256")
+        if stored is not None and stored != fp.get("sha256"):
+            raise RunDirError(f"{p} is missing and {checkpoint.name} was written under config fingerprint "
+                              f"{str(stored)[:12]}…, not that of config.yaml now ({fp['sha256'][:12]}…); "
+                              "config.yaml was changed — restore it, or start a new run")
+        self._fingerprint = fp
+        self.write_meta({**meta(), "meta_recreated": f"on resume from {checkpoint.name} at step {step}"})
+        print(f"repalign: warning: {p} was missing; recreated from config.yaml and {checkpoint.name} (step {step}); "
+              "its config fingerprint is recomputed (plug-in file hashes are those of the files now), its "
+              "provenance (versions, git revision, host, start time) is this resume's", file=sys.stderr)
+        return True
 
     def log(self, row: Mapping[str, Any]) -> None:
         if not self.write:
             return
         line = json.dumps(_clean(row)) + "\n"
-        fault_point("metrics.row")
-        with open(self.metrics_path, "a") as f:
-            if os.environ.get("REPALIGN_FAULT"):  # tests: a kill or a full disk half-way through a row
-                f.write(line[: len(line) // 2])
-                f.flush()
-                fault_point("metrics.torn")
-                line = line[len(line) // 2:]
-            f.write(line)
+        try:
+            fault_point("metrics.row")
+            with open(self.metrics_path, "a") as f:
+                if os.environ.get("REPALIGN_FAULT"):  # tests: a kill or a full disk half-way through a row
+                    f.write(line[: len(line) // 2])
+                    f.flush()
+                    fault_point("metrics.torn")
+                    line = line[len(line) // 2:]
+                f.write(line)
+        except OSError as e:  # a full disk: the one line names metrics.jsonl
+            raise name_file(e, self.metrics_path)
 
     def sync(self) -> None:
         """fsync ``metrics.jsonl`` (called before each checkpoint, so the rows it covers are on disk)."""
@@ -226,6 +261,7 @@ RUN_FILES: dict[str, tuple[str, ...] | None] = {
     "DONE": (), ".lock": (), "layerwise_*.csv": (), "layerwise_*.png": (), ".*.tmp*": (), "metrics.tmp": (),
     "checkpoints": ("last.pt", "last.prev.pt", "*.sha256", "epoch_*.pt", "step_*.pt", ".*.tmp*"),
     "report": ("report.html", "*.png", ".*.tmp*"), ".report.tmp*": None, ".report.old*": None,
+    "export": ("*.pt", "*.safetensors", "*.json"),  # repalign export's default RUN_DIR/export/<arm>
     "tensorboard": None, "wandb": None,
 }
 
@@ -296,10 +332,14 @@ def atomic_output_dir(final: str | Path, build: Callable[[Path], Any]) -> Any:
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not final.exists():
             os.replace(old, final)
+        if isinstance(e, OSError):  # the one line names the folder (a file in it: its name inside it)
+            fn = str(e.filename or "")
+            e.filename = str(final / Path(fn).relative_to(tmp)) if fn and Path(fn).is_relative_to(tmp) else (fn or None)
+            raise name_file(e, final)
         raise
     shutil.rmtree(old, ignore_errors=True)
     if isinstance(result, Path) and tmp in result.parents:

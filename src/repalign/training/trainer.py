@@ -558,6 +558,7 @@ class CoupledTrainer:
             print(msg, file=sys.stderr)
         self.load_state_dict(state)
         self._saved_step = self.step
+        self.run.recreate_meta(self._meta, used, self.step, state.get("config_fingerprint"))  # deleted meta.json (issue 17)
         self.run.truncate_metrics_after(self.step)
         self.run.log({"kind": "event", "step": self.step, "arm": None,
                       "message": f"resumed from {used.name} at step {self.step}"})

@@ -14,7 +14,9 @@ from repalign.experiments.figures.common import Context, FigureDef, SweepPlan, _
 from repalign.experiments.figures.designs import CPU_THREADS, arms_override, make_design
 
 #: K per scale; the largest is C (the plain NSCL arm)
-GRANULARITY_K = {"tiny": [2, 5, 10], "cpu": [2, 5, 10, 25, 50, 100], "paper": [2, 5, 10, 20, 50, 100]}
+GRANULARITY_K = {"tiny": [2, 5, 10], "cpu": [2, 5, 10, 25, 50, 100], "paper": [2, 5, 10, 25, 50, 100]}
+#: paper scale: CIFAR-100's real hierarchy beside the seeded partitions (20 superclasses of 5 classes each)
+SUPERCLASS_ARM = ("nscl_super20", "{objective: nscl, label_map: 'repalign:cifar100_coarse'}", 20)
 #: pre-declared seeds (docs/figures/granularity.md: 16 from the pilot's power calculation)
 GRANULARITY_SEEDS = {"tiny": [0, 1], "cpu": list(range(16)), "paper": [0, 1, 2]}
 
@@ -26,21 +28,27 @@ def arm_name(k: int, c: int) -> str:
 def x_arms(scale: str) -> dict[str, str]:
     ks = GRANULARITY_K[scale]
     c = ks[-1]
-    return {arm_name(k, c): ("{objective: nscl}" if k == c else f"{{objective: nscl, label_groups: {k}}}") for k in ks}
+    arms = {arm_name(k, c): ("{objective: nscl}" if k == c else f"{{objective: nscl, label_groups: {k}}}") for k in ks}
+    if scale == "paper":
+        arms[SUPERCLASS_ARM[0]] = SUPERCLASS_ARM[1]
+    return arms
 
 
 def plans_granularity(scale: str) -> list[SweepPlan]:
     ov = arms_override(x_arms(scale))
     grid = {"seed": GRANULARITY_SEEDS[scale]}
     if scale == "paper":  # CIFAR-100, 100 classes; the real 20-superclass hierarchy: add an arm with label_map
-        return [paper_plan("cifar100", "cifar100", grid, ov, len(GRANULARITY_K["paper"]) + 3, 500)]
+        return [paper_plan("cifar100", "cifar100", grid, ov, len(GRANULARITY_K["paper"]) + 4, 500)]
     return [SweepPlan("runs", _label(scale), _cpu(scale, ov + [CPU_THREADS], grid), extra={"num_classes": GRANULARITY_K[scale][-1]})]
 
 
 def make_granularity(ctx: Context) -> None:
     ks = GRANULARITY_K[ctx.scale]
     c = ks[-1]
-    make_design(ctx, "granularity", "label_groups", {arm_name(k, c): float(k) for k in ks}, plain="nscl",
+    conds = {arm_name(k, c): float(k) for k in ks}
+    if ctx.scale == "paper":
+        conds[SUPERCLASS_ARM[0]] = float(SUPERCLASS_ARM[2])
+    make_design(ctx, "granularity", "label_groups", conds, plain="nscl",
                 x_label="label groups K seen by NSCL (log scale)", transform=math.log10, slope_unit="per decade of K",
                 log_x=True)
     ctx.notes.append("Granularity design: every arm of a seed is one coupled run (same images, batches, views, initial "
