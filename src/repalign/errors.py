@@ -84,12 +84,6 @@ class RunDirLocked(RunDirError):
     exit_code = EXIT_LOCKED
 
 
-def one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line. An exception re-raised by a DataLoader worker carries the
-    worker's traceback in its message; its last line holds the original message."""
-    text = str(e).strip()
-    lines = [x for x in text.splitlines() if x.strip()]
-    if not lines:
 def name_file(e: OSError, path: object) -> OSError:
     """``e`` with ``path`` as its file name when it names none (``f.write`` on a full disk raises
     ``OSError(ENOSPC)`` without one) or only a fault-injection place (``<fault …>``), so the one-line
@@ -99,6 +93,12 @@ def name_file(e: OSError, path: object) -> OSError:
     return e
 
 
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. An exception re-raised by a DataLoader worker carries the
+    worker's traceback in its message; its last line holds the original message."""
+    text = str(e).strip()
+    lines = [x for x in text.splitlines() if x.strip()]
+    if not lines:
         return type(e).__name__
     if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         last = lines[-1]
