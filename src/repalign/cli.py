@@ -66,9 +66,27 @@ def summary_table(run_dir: str | Path) -> str:
             lines += ["", "Findings (details and intervals: repalign report RUN_DIR):"] + [f"- {f.text}" for f in fnd]
     gaps = [r for r in rows if r["kind"] == "lossgap"]
     if gaps:
-        g = gaps[-1]
-        lines.append(f"last batch loss gap DCL−NSCL of {g['arm']}: {g['gap']:.4f} ≤ bound {g['bound']:.4f}")
+        g = gaps[-1]  # a one-class batch has bound ∞ (stored as "inf"): shown, never a crash
+        lines.append(f"last batch loss gap DCL−NSCL of {g['arm']}: {format_number(g.get('gap'))} ≤ bound "
+                     f"{format_number(g.get('bound'))}")
     return "\n".join(lines)
+
+
+def format_number(v: object, digits: int = 4) -> str:
+    """A metric value for a text table: ``digits`` decimals; ±∞ (a float or the ``"inf"`` string that
+    metrics.jsonl stores for it, e.g. the loss-gap bound of a one-class batch) as ``∞`` / ``−∞``, NaN as
+    ``nan``, anything that is not a number as ``-``."""
+    import math
+
+    if isinstance(v, bool) or v is None:
+        return "-"
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -254,16 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from repalign.training.checkpoint import CheckpointError
     from repalign.training.trainer import NonFiniteError
 
+    # The rule (docs/design.md, "Errors"): our own error classes (repalign.errors and the few that
+    # subclass them) are input the user can fix → one line and their exit code; every other exception,
+    # a bare ValueError included, is a bug and keeps its traceback. User-reachable checks raise one of
+    # those classes where they are made (ConfigError, DataError, PathError are ValueErrors too).
     try:
         return int(args.func(args) or 0)
     except (ConfigError, UserError, CheckpointError, NonFiniteError) as e:
         print(f"repalign: error: {one_line(e)}", file=sys.stderr)
         return int(getattr(e, "exit_code", EXIT_BAD_INPUT))
-    except ValueError as e:  # a config check made where the value is used (e.g. the eval schedule)
-        if not str(e).startswith("config key"):
-            raise
-        print(f"repalign: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except OSError as e:  # a read-only or full run directory, a file that vanished
         print(f"repalign: error: {_describe_oserror(e, getattr(args, 'command', None))}", file=sys.stderr)
         return EXIT_BAD_INPUT

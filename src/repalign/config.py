@@ -619,6 +619,10 @@ def validate(cfg: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]
         bad = [c for c in flat["data.classes"] if not 0 <= c < n_src]
         if bad:
             raise ConfigError(f"config key 'data.classes': classes {bad} not in source {flat['data.source']!r} (0..{n_src - 1})")
+    if flat["eval.knn_k"] > flat["eval.max_train"]:  # the kNN bank is at most eval.max_train images
+        raise ConfigError(f"config key 'eval.knn_k': {flat['eval.knn_k']} exceeds the kNN bank size (at most "
+                          f"eval.max_train = {flat['eval.max_train']} train evaluation images); set eval.knn_k <= "
+                          f"{flat['eval.max_train']} or raise eval.max_train")
     out = unflatten(flat)
     arms = resolve_arms(out)
     resolve_pairs(out, arms)

@@ -78,6 +78,12 @@ class RunDirError(UserError):
     """The run directory cannot be used as asked (foreign files, not writable, ...)."""
 
 
+class PathError(UserError, ValueError):
+    """A path given to a command does not exist or is not what the command reads (a run, sweep or
+    reproduce directory, ...); the message names the path and what was expected. A ``ValueError`` too,
+    for library callers of the functions that raised one before."""
+
+
 class RunDirLocked(RunDirError):
     """Another live process holds the run directory's lock (the message names it)."""
 

@@ -6,8 +6,9 @@ import argparse
 
 def cmd_report(args: argparse.Namespace) -> int:
     from repalign.report import write_report
+    from repalign.report.html import displayable
 
-    print(write_report(args.dir))
+    print(displayable(str(write_report(args.dir))))  # a non-UTF-8 directory name prints with U+FFFD
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from repalign.errors import PathError
 from repalign.report import plots
 from repalign.report import reference as ref
 from repalign.results import (is_run_dir, last_steps, latest_rows, load_sweep_state, read_config, read_meta, read_rows,
@@ -44,11 +45,17 @@ def esc(x: Any) -> str:
 
 
 def fmt(v: Any, digits: int = 4) -> str:
+    """A table cell: ``digits`` significant digits; ±∞ — a float, or the ``"inf"`` string metrics.jsonl
+    stores for it (the loss-gap bound of a one-class batch) — as ``∞`` / ``−∞``."""
     if v is None:
         return "—"
     if isinstance(v, bool):
         return str(v)
+    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", "-inf", "infinity", "-infinity"):
+        v = float(v)
     if isinstance(v, float):
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
         if not math.isfinite(v):
             return str(v)
         return f"{v:.{digits}g}"
@@ -362,9 +369,21 @@ def _emit(fig: Any, out_dir: Path, name: str) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text under a temp name, then rename. A path that is not valid UTF-8 (a directory
+    named with bytes such as ``b"run\\xff"``, which Python holds as surrogate escapes) is shown with
+    U+FFFD for each bad byte instead of failing the whole report."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(displayable(text), encoding="utf-8")
     tmp.replace(path)
+
+
+def displayable(text: str) -> str:
+    """``text`` encodable as UTF-8: the surrogate escapes of undecodable bytes (a non-UTF-8 file name)
+    become U+FFFD, one per byte; any other lone surrogate too."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -374,7 +393,7 @@ def run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
 
     d = Path(run_dir)
     if not is_run_dir(d):
-        raise ValueError(f"run_dir {str(d)!r} holds no metrics.jsonl (not a run directory)")
+        raise PathError(f"run_dir {str(d)!r} holds no metrics.jsonl (not a run directory)")
     out = Path(out_dir) if out_dir is not None else d / "report"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
@@ -551,8 +570,11 @@ def manifest_report(out_dir: str | Path) -> Path:
 def write_report(path: str | Path) -> Path:
     """Write the report of a run directory, a sweep directory or a reproduce output; return report.html."""
     d = Path(path)
+    if not d.exists():
+        raise PathError(f"report path {str(d)!r} does not exist (give a run directory, a sweep directory or a "
+                        "reproduce output)")
     if not d.is_dir():
-        raise ValueError(f"report path {str(d)!r} is not a directory")
+        raise PathError(f"report path {str(d)!r} is not a directory")
     if (d / "reproduce.json").exists():
         return manifest_report(d)
     from repalign.training.rundir import write_locked_output  # one writer; a failure keeps the old report/
@@ -561,5 +583,5 @@ def write_report(path: str | Path) -> Path:
         return write_locked_output(d, "report", run_report)
     if (d / "sweep.json").exists() or (d / "summary.csv").exists() or (d / "points").is_dir():
         return write_locked_output(d, "report", sweep_report)
-    raise ValueError(f"report path {str(d)!r} is neither a run directory (metrics.jsonl), a sweep directory "
+    raise PathError(f"report path {str(d)!r} is neither a run directory (metrics.jsonl), a sweep directory "
                      "(sweep.json / summary.csv) nor a reproduce output (reproduce.json)")

@@ -94,10 +94,14 @@ def _align(run: Any, cfg: dict[str, Any], quality: bool, layerwise: bool, progre
     from repalign.training.checkpoint import load_checkpoint
     from repalign.training.trainer import CoupledTrainer
 
+    if not model_checkpoints(run.ckpt_dir, 1):  # before the data are loaded: nothing to align
+        from repalign.errors import RunDirError
+
+        raise RunDirError(f"run {str(run.path)!r} has no evaluation checkpoints (checkpoints/epoch_XXXX.pt, "
+                          "step_XXXXXXXX.pt) to align: it has not reached an evaluation yet (eval.every, "
+                          "eval.schedule, eval.steps) or they were deleted")
     trainer = CoupledTrainer(cfg, None, evaluator=None)
     ckpts = model_checkpoints(run.ckpt_dir, trainer.steps_per_epoch)
-    if not ckpts:
-        raise ValueError(f"{run.ckpt_dir} holds no epoch_XXXX.pt / step_XXXXXXXX.pt checkpoints (was evaluation enabled?)")
     baseline = UntrainedBaseline(cfg, trainer.channels, trainer.image_size) if cfg["eval"]["untrained_baseline"] else None
     arms = {s.name: s.arm for s in trainer.arm_states}
     loaders = make_eval_loaders(cfg, trainer.train_source, trainer.test_source, trainer.image_size,

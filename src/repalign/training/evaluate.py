@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from repalign.errors import ConfigError
 from repalign.schema import ALIGN_METRICS, relative_names, representation_names
 from repalign.seeding import derive_seed
 
@@ -39,7 +40,7 @@ def eval_epochs(eval_cfg: Mapping[str, Any], epochs: int) -> set[int]:
     elif isinstance(sched, list):
         bad = [e for e in sched if not 0 <= e <= epochs]
         if bad:
-            raise ValueError(f"config key 'eval.schedule': epochs {bad} outside 0..{epochs}")
+            raise ConfigError(f"config key 'eval.schedule': epochs {bad} outside 0..{epochs}")
         out |= set(sched)
     if out:
         out.add(epochs)
@@ -71,7 +72,7 @@ def eval_steps(eval_cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int, t
     if eval_cfg.get("steps"):
         bad = [s for s in eval_cfg["steps"] if not 0 <= s <= total_steps]
         if bad:
-            raise ValueError(f"config key 'eval.steps': steps {bad} outside 0..{total_steps} (the run's last step)")
+            raise ConfigError(f"config key 'eval.steps': steps {bad} outside 0..{total_steps} (the run's last step)")
         out |= set(eval_cfg["steps"])
     out = {s for s in out if s <= total_steps}
     if out:
@@ -102,8 +103,15 @@ def make_eval_loaders(cfg: Mapping[str, Any], train_source: Any, test_source: An
 
     ev = cfg["eval"]
     tf = eval_transform(image_size, channels, mean=train_source.mean, std=train_source.std)
-    return {split: extract_loader(src, tf, ev["batch_size"], indices=eval_indices(len(src), mx, cfg["seed"], split))
-            for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"]))}
+    idx = {split: eval_indices(len(src), mx, cfg["seed"], split)
+           for split, src, mx in (("train", train_source, ev["max_train"]), ("test", test_source, ev["max_test"]))}
+    bank = len(idx["train"])  # the kNN bank: the train evaluation set (config.validate checks k <= eval.max_train)
+    if int(ev["knn_k"]) > bank:
+        raise ConfigError(f"config key 'eval.knn_k': {ev['knn_k']} exceeds the kNN bank size {bank} (the train "
+                          f"evaluation set: min(eval.max_train = {ev['max_train']}, {len(train_source)} train "
+                          f"images)); set eval.knn_k <= {bank}")
+    return {split: extract_loader(src, tf, ev["batch_size"], indices=idx[split])
+            for split, src in (("train", train_source), ("test", test_source))}
 
 
 def _layer_features(f: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:

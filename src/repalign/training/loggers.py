@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from repalign.errors import ConfigError
+
 #: Row fields that are positions or timings, never metric values.
 NOT_METRICS = frozenset({"step", "epoch", "wall_s", "samples_per_s"})
 
@@ -51,15 +53,15 @@ class MetricLoggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError("config key 'logging.tensorboard': install the extra "
-                                 "`pip install repalign[tensorboard]`") from e
+                raise ConfigError("config key 'logging.tensorboard': install the extra "
+                                  "`pip install repalign[tensorboard]`") from e
             self.tb = SummaryWriter(str(Path(run_path) / "tensorboard"))
         if lg["wandb"]:
             try:
                 import wandb
             except ImportError as e:
                 self.close()
-                raise ValueError("config key 'logging.wandb': install the extra `pip install repalign[wandb]`") from e
+                raise ConfigError("config key 'logging.wandb': install the extra `pip install repalign[wandb]`") from e
             self.wandb = wandb.init(project=lg["wandb_project"], dir=str(run_path), mode=lg["wandb_mode"],
                                     config=dict(cfg), name=cfg.get("name"))
 

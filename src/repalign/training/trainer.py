@@ -103,7 +103,7 @@ def _device(cfg: Mapping[str, Any]) -> torch.device:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("config key 'train.device': cuda requested but no CUDA device is available")
+            raise ConfigError("config key 'train.device': cuda requested but no CUDA device is available")
         return torch.device("cuda", dist_utils.local_rank())
     return torch.device("cpu")
 
