@@ -43,8 +43,9 @@ demo: $(STAMP) data
 	$(BIN)/repalign train configs/demo.yaml --overwrite $(DEMO_ARGS)
 	$(BIN)/repalign report runs/demo
 
+# OMP_WAIT_POLICY=PASSIVE (unless set): idle OpenMP threads sleep, the tests' processes share the cores
 test: $(STAMP) data
-	$(BIN)/python -m pytest -p no:cacheprovider --durations=10
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m pytest -p no:cacheprovider --durations=10
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_loss.py

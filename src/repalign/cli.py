@@ -255,6 +255,10 @@ def _describe_oserror(e: OSError, command: str | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # before torch (hence OpenMP) starts: idle OpenMP threads sleep instead of spinning, so runs that share
+    # the cores (sweep workers, a figure beside other jobs) do not slow each other down (≈ 2x)
+    # (benchmarks/results/cpu_config.md); OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # a bare --overwrite must not swallow the key=value after it as its optional value

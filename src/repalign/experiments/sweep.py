@@ -9,6 +9,10 @@ Spec (YAML file or mapping)::
     out: runs/sweeps/classes         # OUT
     processes: 1                     # > 1: that many local `python -m repalign train` subprocesses
     launcher: auto                   # auto (inline if processes == 1 else local) | inline | local | slurm
+    threads_per_process: null        # train.threads of every point; unset: local workers get OMP_NUM_THREADS =
+                                     # cores // processes. Always processes × threads ≤ cores (a larger train.threads
+                                     # is clamped, one warning line) and OMP_WAIT_POLICY=PASSIVE unless set
+                                     # (benchmarks/results/cpu_config.md)
     slurm: {slurm_partition: gpu, timeout_min: 600, gpus_per_node: 4}   # launcher slurm (extra `slurm`): one job
                                      # per point, one process per GPU, requeued on pre-emption (submit_slurm)
 
@@ -297,14 +301,37 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="repalign-parent-watch", daemon=True).start()  # pragma: no cover
 
 
-def run_point_subprocess(config_path: str, run_dir: str, resume: bool, log_path: Path,
-                         threads: int | None = None) -> float:
-    """Train one point in a ``python -m repalign train`` subprocess that dies with this process."""
-    env = dict(os.environ)
+def worker_env(threads: int | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a sweep worker: this process's, plus ``PYTHONPATH`` (this source tree), the
+    parent pid (:func:`die_with_parent`), ``OMP_NUM_THREADS=threads`` (the worker's share of the cores,
+    replacing an inherited value) and ``OMP_WAIT_POLICY=PASSIVE`` unless already set: workers share the
+    cores, and spinning OpenMP threads made 2-thread runs ≈ 2× slower on a loaded 2-core machine
+    (benchmarks/results/cpu_config.md)."""
+    env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = _src_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[PARENT_ENV] = str(os.getpid())
     if threads:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def thread_budget(processes: int, launcher: str, cores: int | None = None) -> tuple[int, int]:
+    """``(processes, threads per process)`` of a local sweep on ``cores`` CPUs (default ``os.cpu_count()``):
+    never more processes than cores, threads = cores // processes, so processes × threads ≤ cores. The
+    inline launcher runs one point at a time (all cores); slurm's cores are the nodes' (not limited here)."""
+    cores = cores or os.cpu_count() or 1
+    if launcher == "slurm":
+        return processes, 0
+    procs = min(processes, cores) if launcher == "local" else 1
+    return procs, max(1, cores // procs)
+
+
+def run_point_subprocess(config_path: str, run_dir: str, resume: bool, log_path: Path,
+                         threads: int | None = None) -> float:
+    """Train one point in a ``python -m repalign train`` subprocess that dies with this process
+    (environment: :func:`worker_env`)."""
+    env = worker_env(threads)
     t0 = time.perf_counter()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
@@ -393,9 +420,20 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
     """
     out = Path(spec.out)
     points = expand(spec)
+    launcher = spec.launcher
+    if launcher == "auto":
+        launcher = "inline" if spec.processes == 1 else "local"
+    cores = os.cpu_count() or 1
+    processes, threads = thread_budget(spec.processes, launcher, cores)
+    if processes < spec.processes:
+        log(f"  warning: {spec.processes} processes on {cores} cores would oversubscribe them; running {processes}")
+    over: set[int] = set()
     cfgs: dict[str, dict[str, Any]] = {}
     for p in points:  # every point is validated before any runs (one-line error naming the point)
         cfg = point_config(spec, p)
+        if threads and (cfg["train"].get("threads") or 0) > threads:  # processes × threads ≤ cores
+            over.add(cfg["train"]["threads"])
+            cfg["train"]["threads"] = threads  # recorded in the point's config (and fingerprint)
         if not dry_run:
             try:
                 check_data_root(cfg)
@@ -405,6 +443,10 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
             except (UserError, ConfigError) as e:
                 raise ConfigError(f"sweep point {p.slug!r}: {e}") from None
         cfgs[p.slug] = cfg
+    if over:
+        src = "threads_per_process" if spec.threads_per_process else "train.threads"
+        log(f"  warning: {processes} process(es) × {src}={max(over)} on {cores} cores would oversubscribe them; "
+            f"points run with train.threads={threads}")
     stale = stale_points(out, points, cfgs)
     stale_slugs = {slug for slug, _ in stale}
     if stale and not redo_stale:
@@ -443,11 +485,9 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
         if st == "partial":
             resumed.append(p.slug)
         todo.append((p, st == "partial"))
-    launcher = spec.launcher
-    if launcher == "auto":
-        launcher = "inline" if spec.processes == 1 else "local"
     log(f"sweep {out}: {len(points)} points, {len(skipped)} done, {len(todo)} to run "
-        f"({len(resumed)} resumed) with launcher={launcher}" + (f", {spec.processes} processes" if launcher == "local" else ""))
+        f"({len(resumed)} resumed) with launcher={launcher}"
+        + (f", {processes} processes × {threads} thread(s)" if launcher == "local" else ""))
     if dry_run:
         for p, res in todo:
             log("  " + " ".join(train_command(cfg_paths[p.slug], out / "points" / p.slug, res, "python")))
@@ -467,8 +507,8 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
         if launcher == "inline":
             secs = run_point_inline(str(cfg_paths[p.slug]), str(rd), res)
         else:
-            threads = spec.threads_per_process or max(1, (os.cpu_count() or 1) // spec.processes)
-            secs = run_point_subprocess(str(cfg_paths[p.slug]), str(rd), res, out / "logs" / f"{p.slug}.log", threads)
+            secs = run_point_subprocess(str(cfg_paths[p.slug]), str(rd), res, out / "logs" / f"{p.slug}.log",
+                                        min(threads, spec.threads_per_process or threads))
         _mark_done(rd, p, secs)
         with done_lock:  # point N/M, elapsed, ETA from the finished points (repalign.progress)
             n_done[0] += 1
@@ -479,12 +519,12 @@ def _run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, dry_run: boo
 
     if launcher == "slurm":
         submitted = submit_slurm(spec, [(p, res, cfg_paths[p.slug]) for p, res in todo], out, log)
-    elif launcher == "inline" or spec.processes == 1:
+    elif launcher == "inline" or processes == 1:  # one point at a time: torch's thread count is process-wide
         for item in todo:
             ran.append(one(item))
             write_state(spec, points, out)
     else:
-        with ThreadPoolExecutor(spec.processes) as ex:
+        with ThreadPoolExecutor(processes) as ex:
             for slug in ex.map(one, todo):
                 ran.append(slug)
     write_state(spec, points, out)
