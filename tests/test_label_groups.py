@@ -72,6 +72,9 @@ def test_label_groups_2_raises_the_logged_gap(tmp_path):
     lut = meta["arms"]["k2"]["label_lookup"]
     assert sorted(set(lut)) == [0, 1] and len(lut) == 10
     assert "label_lookup" not in meta["arms"]["cl"] and meta["arms"]["k2"]["label_groups"] == 2
+    from repalign.cli import summary_table
+
+    assert "loss gap DCL−NSCL of cl:" in summary_table(tmp_path / "r")  # the summary names the CL arm's own row
 
 
 def test_gap_row_recomputed_naively(tmp_path, monkeypatch):

@@ -64,7 +64,7 @@ def summary_table(run_dir: str | Path) -> str:
                for f in fs if f.kind == "margin"]
         if fnd:
             lines += ["", "Findings (details and intervals: repalign report RUN_DIR):"] + [f"- {f.text}" for f in fnd]
-    gaps = [r for r in rows if r["kind"] == "lossgap"]
+    gaps = [r for r in rows if r["kind"] == "lossgap" and not r.get("embeddings")]  # the CL arms' own rows
     if gaps:
         g = gaps[-1]  # a one-class batch has bound ∞ (stored as "inf"): shown, never a crash
         lines.append(f"last batch loss gap DCL−NSCL of {g['arm']}: {format_number(g.get('gap'))} ≤ bound "
