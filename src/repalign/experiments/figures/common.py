@@ -203,23 +203,28 @@ def _final_table(ctx: Context, rows: Sequence[Mapping[str, Any]], group_keys: Se
 
     al = [r for r in rows if r.get("layer", "h") == "h" and r.get("kind", "align") == "align"]
     keyf = lambda r: (r.get("dataset"), *(r.get(k) for k in group_keys), r["arm_a"], r["arm_b"], r["split"])  # noqa: E731
-    last = last_steps(al, keyf)
-    acc: dict[tuple, dict[str, list[float]]] = {}
+    # each seed's own last evaluation (a seed that ended earlier is not dropped); n = distinct seeds
+    last = last_steps(al, lambda r: keyf(r) + (r.get("seed"),))
+    acc: dict[tuple, dict[str, dict[Any, float]]] = {}
+    ep_of: dict[tuple, set] = {}
     for r in al:
         k = keyf(r)
-        if r["step"] != last[k] or (pairs and (r["arm_a"], r["arm_b"]) not in pairs):
+        if r["step"] != last[k + (r.get("seed"),)] or (pairs and (r["arm_a"], r["arm_b"]) not in pairs):
             continue
-        d = acc.setdefault(k + (r["epoch"], r.get("control") or "objective"),
-                           {"linear_cka": [], "rsa": [], "linear_cka_over_chaos": []})
+        kk = k + (r.get("control") or "objective",)
+        ep_of.setdefault(kk, set()).add(r["epoch"])
+        d = acc.setdefault(kk, {"linear_cka": {}, "rsa": {}, "linear_cka_over_chaos": {}})
         for m in d:
             if isinstance(r.get(m), (int, float)):
-                d[m].append(float(r[m]))
+                d[m][r.get("seed")] = float(r[m])
     out, paper = [], []
     for k, d in sorted(acc.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        ds, *g, a, b, split, ep, role = k
+        ds, *g, a, b, split, role = k
+        eps = sorted(ep_of[k])
+        ep = eps[0] if len(eps) == 1 else "/".join(str(e) for e in eps)  # seeds ending at other epochs: all named
         row = [ds, *g, f"{a} vs {b}", role, split, ep]
         for m in ("linear_cka", "rsa", "linear_cka_over_chaos"):
-            v = d[m]
+            v = list(d[m].values())
             row.append(f"{summarize(v).text()} (n={len(v)})" if v else "—")
         out.append(row)
         if fig_ref and role == "objective":
