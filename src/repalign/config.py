@@ -586,6 +586,12 @@ def check_references(cfg: Mapping[str, Any]) -> None:
         check_reference(ref, key)
 
 
+#: Arguments of ``build_source`` that come from other keys (``data.options`` may not set them).
+_SOURCE_ARGS = {"root": "data.root", "num_classes": "data.num_classes", "classes": "data.classes", "seed": "seed",
+                "max_per_class": "data.max_per_class / data.test_max_per_class", "mapping": None, "split": None,
+                "name": "data.source"}
+
+
 def validate(cfg: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]:
     """Check every key of a nested config, fill defaults, resolve arms; return the resolved config.
 
@@ -611,6 +617,10 @@ def validate(cfg: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]
         raise ConfigError(f"config key 'eval.schedule': {_int_list(sched)}")
     if flat["data.num_classes"] is not None and flat["data.classes"] is not None:
         raise ConfigError("config key 'data.classes': set either data.num_classes or data.classes, not both")
+    for k in flat["data.options"] or {}:  # the trainer passes these itself: a duplicate keyword otherwise
+        if k in _SOURCE_ARGS:
+            raise ConfigError(f"config key 'data.options': {k!r} is not a source option; "
+                              f"{'set ' + _SOURCE_ARGS[k] if _SOURCE_ARGS[k] else 'the trainer sets it'}")
     n_src = _source_classes(flat["data.source"])
     want = flat["data.num_classes"] if flat["data.num_classes"] is not None else None
     if n_src is not None and want is not None and want > n_src:

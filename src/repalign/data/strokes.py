@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 
 from repalign.data.sources import ImageSource, SourceInfo, register_source
+from repalign.errors import ConfigError
 from repalign.seeding import derive_seed, generator
 
 __all__ = ["StrokeTemplates", "make_templates", "render_strokes", "generate_strokes",
@@ -53,11 +54,32 @@ class StrokeTemplates:
             list(classes), ctrl, width, tint, active)
 
 
+def _knob_problem(name: str, v: object) -> str | None:
+    """What is wrong with the value ``v`` of the strokes knob ``name`` (``None``: nothing)."""
+    num = isinstance(v, (int, float)) and not isinstance(v, bool)
+    whole = isinstance(v, int) and not isinstance(v, bool)
+    if name in ("within_class", "between_class"):
+        return None if num and 0.0 <= v <= 1.0 else f"{name} must lie in [0, 1], got {v!r}"
+    if name == "channels":
+        return None if whole and v in (1, 3) else f"channels must be 1 or 3, got {v!r}"
+    if name == "image_size":
+        return None if whole and v >= 4 else f"image_size must be >= 4, got {v!r}"
+    return None if whole and v >= 0 else f"{name} must be >= 0, got {v!r}"  # samples_per_class, test_per_class
+
+
+def _check_knobs(key_prefix: str | None = None, **knobs: object) -> None:
+    """Stop on the first bad knob: a ``ValueError`` for library callers; with ``key_prefix`` (the
+    source built from a config's ``data.options``) a :class:`ConfigError` naming ``<prefix><knob>``."""
+    for name, v in knobs.items():
+        msg = _knob_problem(name, v)
+        if msg:
+            raise ConfigError(f"config key '{key_prefix}{name}': {msg}") if key_prefix else ValueError(msg)
+
+
 def make_templates(classes: Sequence[int], seed: int, between_class: float = 0.25
                    ) -> StrokeTemplates:
     """Templates of the given original class indices (each depends only on ``(seed, c)``)."""
-    if not 0.0 <= between_class <= 1.0:
-        raise ValueError(f"between_class must lie in [0, 1], got {between_class}")
+    _check_knobs(between_class=between_class)
     gb = generator(seed, "strokes", "base")
     base_ctrl = torch.rand(MAX_STROKES, 3, 2, generator=gb, dtype=torch.float64) * 1.5 - 0.75
     base_w = torch.rand(MAX_STROKES, generator=gb, dtype=torch.float64) * 0.05 + 0.05
@@ -194,14 +216,8 @@ def generate_strokes(classes: Sequence[int], split: str, seed: int = 0,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``[len(classes) * samples_per_class, channels, H, W]`` (class-major, sample
     index minor) and the position of each sample's class in ``classes`` (int64 ``[N]``)."""
-    if not 0.0 <= within_class <= 1.0:
-        raise ValueError(f"within_class must lie in [0, 1], got {within_class}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if image_size < 4:
-        raise ValueError(f"image_size must be >= 4, got {image_size}")
-    if samples_per_class < 0:
-        raise ValueError(f"samples_per_class must be >= 0, got {samples_per_class}")
+    _check_knobs(within_class=within_class, channels=channels, image_size=image_size,
+                 samples_per_class=samples_per_class)
     tpl = make_templates(classes, seed, between_class)
     C, n = len(classes), int(samples_per_class)
     aff, cn, pn = _sample_params(seed, split, classes, [n] * C, within_class, image_size)
@@ -239,11 +255,14 @@ def _build_strokes(split, root, num_classes, classes, seed, max_per_class, subse
     as in a larger source). ``root`` is ignored."""
     kw.pop("download", None)
     if kw:
-        raise ValueError(f"source 'strokes' got unexpected keyword(s) {sorted(kw)}")
+        raise ConfigError(f"config key 'data.options': source 'strokes' got unexpected keyword(s) {sorted(kw)}")
+    # the knobs come from data.options (image_size also from data.image_size, checked >= 4 by the schema)
+    _check_knobs("data.options.", samples_per_class=samples_per_class, test_per_class=test_per_class,
+                 image_size=image_size, channels=channels, within_class=within_class, between_class=between_class)
     if classes is not None:
         cl = sorted(int(c) for c in classes)
         if not cl or cl[0] < 0 or len(set(cl)) != len(cl):
-            raise ValueError(f"classes must be distinct non-negative ints, got {list(classes)}")
+            raise ConfigError(f"config key 'data.classes': classes must be distinct non-negative ints, got {list(classes)}")
     else:
         cl = list(range(10 if num_classes is None else int(num_classes)))
     n = samples_per_class if split == "train" else test_per_class

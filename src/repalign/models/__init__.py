@@ -164,7 +164,9 @@ def build_encoder(cfg: Mapping[str, Any], channels: int, image_size: int) -> nn.
                              width=int(cfg.get("width") or 1), norm=norm)
     if name == "vit":
         return ViTEncoder(image_size, channels, preset=cfg.get("vit_preset"))
-    raise ValueError(f"model.encoder must be one of {ENCODERS}, got {name!r}")
+    from repalign.errors import ConfigError
+
+    raise ConfigError(f"config key 'model.encoder': must be one of {ENCODERS}, got {name!r}")
 
 
 def build_model(cfg: Mapping[str, Any], channels: int, image_size: int) -> ContrastiveNet:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 import torchvision
 
+from repalign.errors import ConfigError
+
 
 def _norm2d(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
@@ -19,7 +21,7 @@ def _norm2d(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"model.norm must be 'batch', 'group' or 'none', got {kind!r}")
+    raise ConfigError(f"config key 'model.norm': must be 'batch', 'group' or 'none', got {kind!r}")
 
 
 class SmallCNN(nn.Module):
@@ -72,10 +74,11 @@ class ResNetEncoder(nn.Module):
         if norm == "group":
             kwargs["norm_layer"] = lambda c: nn.GroupNorm(min(32, c), c)
         elif norm != "batch":
-            raise ValueError(f"model.norm for {arch} must be 'batch' or 'group', got {norm!r}")
+            raise ConfigError(f"config key 'model.norm': must be 'batch' or 'group' for {arch}, got {norm!r}")
         if arch == "resnet18":
             if width != 1:
-                raise ValueError("model.width must be 1 for resnet18 (torchvision BasicBlock has fixed width)")
+                raise ConfigError(f"config key 'model.width': must be 1 for resnet18 (torchvision BasicBlock has fixed "
+                                  f"width), got {width!r}")
             net = torchvision.models.resnet18(weights=None, **kwargs)
         elif arch == "resnet50":
             net = torchvision.models.resnet50(weights=None, width_per_group=64 * width, **kwargs)
@@ -125,10 +128,12 @@ class ViTEncoder(nn.Module):
         super().__init__()
         key = preset or str(image_size)
         if key not in VIT_PRESETS:
-            raise ValueError(f"model.vit_preset must be one of {sorted(VIT_PRESETS)}, got {key!r}")
+            raise ConfigError(f"config key 'model.vit_preset': must be one of {sorted(VIT_PRESETS)}, got {key!r}"
+                              + ("" if preset else " (the default: the image size)"))
         p = VIT_PRESETS[key]
         if image_size % p.patch_size:
-            raise ValueError(f"image size {image_size} is not divisible by ViT patch size {p.patch_size}")
+            raise ConfigError(f"config key 'data.image_size': image size {image_size} is not divisible by ViT patch size "
+                              f"{p.patch_size} (model.vit_preset {key!r})")
         net = torchvision.models.VisionTransformer(
             image_size=image_size, patch_size=p.patch_size, num_layers=p.num_layers,
             num_heads=p.num_heads, hidden_dim=p.hidden_dim, mlp_dim=p.mlp_dim)

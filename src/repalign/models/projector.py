@@ -5,6 +5,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from repalign.errors import ConfigError
+
 
 class Projector(nn.Module):
     """SimCLR projector ``Linear → BN → ReLU → Linear → BN`` (linears without bias).
@@ -17,7 +19,7 @@ class Projector(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "batch") -> None:
         super().__init__()
         if norm not in ("batch", "none"):
-            raise ValueError(f"model.projector_norm must be 'batch' or 'none', got {norm!r}")
+            raise ConfigError(f"config key 'model.projector_norm': must be 'batch' or 'none', got {norm!r}")
         bn = norm == "batch"
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim, bias=not bn),

@@ -7,6 +7,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from repalign.errors import ConfigError
+
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     """Peak learning rate from the batch-size rule.
@@ -24,7 +26,7 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
         return base_lr * batch_size ** 0.25 / 256
     if rule == "none":
         return base_lr
-    raise ValueError(f"optim.lr_rule must be linear, sqrt, fourth_root or none, got {rule!r}")
+    raise ConfigError(f"config key 'optim.lr_rule': must be linear, sqrt, fourth_root or none, got {rule!r}")
 
 
 class LARS(torch.optim.Optimizer):
@@ -109,4 +111,4 @@ def build_optimizer(model: nn.Module, settings: Mapping[str, Any], lr: float) ->
     if kind == "lars":
         return LARS(groups, lr=lr, momentum=settings["optim.momentum"],
                     trust_coefficient=settings["optim.trust_coefficient"])
-    raise ValueError(f"optim.type must be sgd, adamw or lars, got {kind!r}")
+    raise ConfigError(f"config key 'optim.type': must be sgd, adamw or lars, got {kind!r}")

@@ -6,6 +6,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from repalign.errors import ConfigError
 from repalign.seeding import generator
 
 from .registry import SourceInfo, register_source, reject_kwargs
@@ -46,6 +47,9 @@ def _build_digits(split, root, num_classes, classes, seed, max_per_class, subset
                   test_fraction: float = 0.25, **kw):
     kw.pop("download", None)
     reject_kwargs("digits", kw)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"config key 'data.options.test_fraction': test_fraction must lie in (0, 1), "
+                          f"got {test_fraction!r}")
     x, y = _load_digits_cached()
     tr, te = digits_split_indices(seed, test_fraction)
     idx = tr if split == "train" else te

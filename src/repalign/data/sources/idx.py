@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from repalign.errors import DataError
 
 from . import download as files
 from .registry import SourceInfo, default_normalization, register_source, reject_kwargs
@@ -38,19 +41,22 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt download
+            raise DataError(f"{path}: corrupt gzip data ({' '.join(str(e).split()) or type(e).__name__})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4]!r})")
+        raise DataError(f"{path}: not an IDX file (bad magic {raw[:4]!r})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     count = int(np.prod(shape)) if ndim else 1
     start = 4 + 4 * ndim
     if len(raw) - start != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX payload has {len(raw) - start} bytes, expected "
-                         f"{count * dtype.itemsize} for shape {shape}")
+        raise DataError(f"{path}: IDX payload has {len(raw) - start} bytes, expected "
+                        f"{count * dtype.itemsize} for shape {shape}")
     arr = np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
@@ -83,9 +89,9 @@ def _load_idx_pair(img_path: Path, lbl_path: Path) -> tuple[torch.Tensor, np.nda
     imgs = rd(img_path)
     lbls = rd(lbl_path).numpy().astype(np.int64)
     if imgs.ndim != 3 or imgs.dtype != torch.uint8:
-        raise ValueError(f"{img_path}: expected uint8 images [N,H,W], got {tuple(imgs.shape)}")
+        raise DataError(f"{img_path}: expected uint8 images [N,H,W], got {tuple(imgs.shape)}")
     if imgs.shape[0] != lbls.shape[0]:
-        raise ValueError(f"{img_path}: {imgs.shape[0]} images but {lbls.shape[0]} labels")
+        raise DataError(f"{img_path}: {imgs.shape[0]} images but {lbls.shape[0]} labels")
     return imgs.unsqueeze(1), lbls
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repalign.errors import ConfigError
+
 from .registry import DataWarning, ImageSource, SourceInfo, default_normalization, register_source, reject_kwargs
 from .subsets import remap_labels, select_classes, subset_indices
 
@@ -102,7 +104,7 @@ def _build_imagefolder(split, root, num_classes, classes, seed, max_per_class, s
             f"imagefolder: root={root!r} is not a directory; pass root=DIR laid out as "
             f"DIR/train/<class>/*.jpg and DIR/val|test/<class>/*.jpg")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"config key 'data.options.channels': channels must be 1 or 3, got {channels}")
     root = Path(root).expanduser()
     names = _imagefolder_classes(root, split)
     if not names:

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from repalign.errors import ConfigError
+
 __all__ = ["ImageSource", "SourceInfo", "SourceEntry", "SOURCES", "register_source", "build_source", "source_info",
            "default_normalization", "reject_kwargs", "ClassMapping", "DataWarning"]
 
@@ -319,6 +321,7 @@ def build_source(
 
 
 def reject_kwargs(name: str, kw: dict) -> None:
-    """Stop on source-specific keywords that source ``name`` does not take."""
+    """Stop on source-specific keywords that source ``name`` does not take (they come from the
+    config's ``data.options``)."""
     if kw:
-        raise ValueError(f"source {name!r} got unexpected keyword(s) {sorted(kw)}")
+        raise ConfigError(f"config key 'data.options': source {name!r} got unexpected keyword(s) {sorted(kw)}")

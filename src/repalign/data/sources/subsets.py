@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from repalign.errors import ConfigError
 from repalign.seeding import generator
 
 from .registry import ClassMapping, DataWarning, ImageSource
@@ -22,17 +23,18 @@ def select_classes(total: int, num_classes: int | None, classes: Sequence[int] |
     if classes is not None:
         cl = [int(c) for c in classes]
         if not cl:
-            raise ValueError(f"classes must not be empty{where}")
+            raise ConfigError(f"config key 'data.classes': classes must not be empty{where}")
         bad = [c for c in cl if not 0 <= c < total]
         if bad:
-            raise ValueError(f"classes {bad} do not exist{where} (valid: 0..{total - 1})")
+            raise ConfigError(f"config key 'data.classes': classes {bad} do not exist{where} (valid: 0..{total - 1})")
         if len(set(cl)) != len(cl):
-            raise ValueError(f"classes contains duplicates: {cl}")
+            raise ConfigError(f"config key 'data.classes': classes contains duplicates: {cl}")
         return sorted(cl)
     if num_classes is None or num_classes == total:
         return list(range(total))
     if num_classes > total:
-        raise ValueError(f"num_classes={num_classes} exceeds the {total} classes available{where}")
+        raise ConfigError(f"config key 'data.num_classes': num_classes={num_classes} exceeds the {total} classes "
+                          f"available{where}")
     perm = torch.randperm(total, generator=generator(seed, "classes"))
     return sorted(perm[:num_classes].tolist())
 
@@ -50,8 +52,8 @@ def choose_classes(total: int, candidates: Sequence[int], num_classes: int | Non
         lacking = [c for c in cl if c not in set(cand)]
         if lacking:
             where = f" of source {source!r}" if source else ""
-            raise ValueError(f"classes {lacking} have no images in the train split{where} "
-                             f"(its classes: {cand[:20]}{' ...' if len(cand) > 20 else ''})")
+            raise ConfigError(f"config key 'data.classes': classes {lacking} have no images in the train split"
+                              f"{where} (its classes: {cand[:20]}{' ...' if len(cand) > 20 else ''})")
         return cl
     return [cand[p] for p in select_classes(len(cand), num_classes, None, seed, source)]
 
@@ -95,7 +97,7 @@ def subset_indices(orig_labels: np.ndarray, keep_classes: list[int], seed: int, 
         idx = np.sort(np.concatenate(parts)) if parts else idx
     if subset is not None:
         if not isinstance(subset, (int, np.integer)) or subset < 1:
-            raise ValueError(f"subset must be a positive int, got {subset!r}")
+            raise ConfigError(f"config key 'data.options.subset': subset must be a positive int, got {subset!r}")
         if subset < len(idx):
             p = torch.randperm(len(idx), generator=generator(seed, "subset", split))
             idx = np.sort(idx[p[:subset].numpy()])
