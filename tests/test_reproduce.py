@@ -12,7 +12,7 @@ from repalign.cli import main
 from repalign.config import ConfigError
 from repalign.experiments import reproduce as rp
 
-ALIGN = {"seed", "epoch", "split", "layer", "arm_a", "arm_b", "linear_cka", "rsa"}
+ALIGN = {"seed", "epoch", "split", "layer", "arm_a", "arm_b", "linear_cka", "rsa", "config_fingerprint"}
 EXPECT = {  # figure → {csv name: required columns}
     "fig1": {"fig1": ALIGN | {"weight_angle_deg", "repr_angle_deg"}},
     "fig2": {"fig2": ALIGN},
@@ -50,7 +50,7 @@ def test_reproduce_tiny(fig, tmp_path, capsys):
             rows = list(r)
             assert cols <= set(r.fieldnames), (name, cols - set(r.fieldnames))
             assert rows, name
-            for c in cols & {"num_classes", "tau", "batch_size", "lr_rule", "seed"}:
+            for c in cols & {"num_classes", "tau", "batch_size", "lr_rule", "seed", "config_fingerprint"}:
                 assert all(r[c] != "" for r in rows), (name, c)
     if "seed" in EXPECT[fig][fig]:
         assert {r["seed"] for r in rows} >= {"0", "1"} or name != fig

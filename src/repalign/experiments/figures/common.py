@@ -163,7 +163,8 @@ def with_seeds(plan: SweepPlan, seeds: Sequence[int]) -> SweepPlan:
 # ---------------------------------------------------------------------------- makers
 #: figure CSV columns: identity, then the metric columns the schema (repalign.schema) sends to figures
 #: figure CSV columns; `baseline` names the reference of `kind: baseline` rows (so the CSVs stand alone)
-ALIGN_COLS = ["dataset", "seed", *ROW_ID, *figure_columns()]
+ALIGN_COLS = ["dataset", "seed", *ROW_ID, *figure_columns(), "config_fingerprint"]  # the last: verdicts refuse a
+# condition whose rows come from different configs (issue 17)
 THEORY_COLS = ["dataset", "seed", "epoch", "step", "arm_a", "arm_b", "split", "tau", "num_classes", "batch_size",
                "S_T", "sim_gap", "bound_shape", "log10_bound", "sim_gap_rel", "linear_cka", "cka_lower_bound", "rsa",
                "sim_gap_centred_rel", "cka_cos", "bound_status"]  # the last three: Cor. 1's ρ, its CKA, bound/vacuous
